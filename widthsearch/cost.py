@@ -1,0 +1,190 @@
+"""Analytic MACs, parameter count and peak activation memory, vectorized over configs.
+
+Every cost is a function of the groups' widths that discovery recorded at trace time:
+- MACs: sum over conv / linear calls of positions * kernel * out_width * in_width / groups
+  (depthwise: positions * kernel * width). Norms, activations, pooling and additions are
+  not counted, as torch.utils.flop_counter does not count them.
+- params: every parameter of the model; sliced layers' counts follow their widths.
+- memory: the peak activation memory, the largest over ops of the bytes an op reads plus the
+  bytes it writes, at fp32 and batch 1 (weights excluded).
+Each is a sum of products of two affine forms in the width vector (or a max of affine forms),
+so a batch of configurations costs two matrix products.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch.nn as nn
+
+from .graph import ChannelGraph, GroupLayout, TensorInfo
+from .space import WidthSpace
+
+BYTES_PER_ELEMENT = 4
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Absolute costs of one configuration: MACs, parameters, peak activation bytes."""
+
+    macs: int
+    params: int
+    memory: int
+
+    def ratio(self, reference: Cost) -> dict[str, float]:
+        """Each cost as a fraction of `reference` (usually the full model)."""
+        return {
+            "macs": self.macs / reference.macs if reference.macs else 0.0,
+            "params": self.params / reference.params if reference.params else 0.0,
+            "memory": self.memory / reference.memory if reference.memory else 0.0,
+        }
+
+    def get(self, metric: str) -> int:
+        if metric not in COST_METRICS:
+            raise KeyError(metric)
+        return int(getattr(self, metric))
+
+
+COST_METRICS = ("macs", "params", "memory")
+
+
+class _Forms:
+    """Affine forms a.w + c over the width vector, stacked as columns."""
+
+    def __init__(self, n_groups: int) -> None:
+        self.coef: list[np.ndarray] = []
+        self.const: list[float] = []
+        self.n = n_groups
+
+    def add(self, coef: np.ndarray, const: float) -> None:
+        self.coef.append(coef)
+        self.const.append(const)
+
+    def matrices(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.coef:
+            return np.zeros((self.n, 0)), np.zeros(0)
+        return np.stack(self.coef, axis=1), np.asarray(self.const, dtype=np.float64)
+
+
+class CostModel:
+    """Costs of width configurations; `evaluate(widths)` takes an (n, groups) array."""
+
+    def __init__(self, graph: ChannelGraph, space: WidthSpace, model: nn.Module) -> None:
+        self.space = space
+        self._index = {name: i for i, name in enumerate(space.names)}
+        self._size = np.array([g.size for g in space.groups], dtype=np.float64)
+        self._build_macs(graph)
+        self._build_params(graph, model)
+        self._build_memory(graph)
+        self.full = self.cost(space.max())
+
+    # -- forms ---------------------------------------------------------------------------
+    def _channels(self, layout: GroupLayout | None, full: int) -> tuple[np.ndarray, float]:
+        """The active channel entries of a layout as an affine form (constant if unfollowed)."""
+        coef = np.zeros(len(self._size))
+        if layout is None:
+            return coef, float(full)
+        for name in layout.segments:
+            coef[self._index[name]] += layout.inner
+        return coef, 0.0
+
+    def _numel(self, t: TensorInfo) -> tuple[np.ndarray, float]:
+        """Per-sample elements of a traced tensor as an affine form of the widths."""
+        if t.layout is None:
+            return np.zeros(len(self._size)), float(t.per_sample)
+        coef, _ = self._channels(t.layout, 0)
+        full_entries = float(coef @ self._size)
+        return coef * (t.per_sample / full_entries), 0.0
+
+    def _build_macs(self, graph: ChannelGraph) -> None:
+        left, right, scale = _Forms(len(self._size)), _Forms(len(self._size)), []
+        for layer in graph.layers:
+            axis = -1 if layer.kind.endswith("linear") else 1
+            out_full, in_full = layer.output.shape[axis], layer.inputs.shape[axis]
+            left.add(*self._channels(layer.output.layout, out_full))
+            if layer.kind == "depthwise":  # one input channel per output channel
+                right.add(np.zeros(len(self._size)), 1.0)
+                scale.append(layer.positions * layer.kernel)
+            else:
+                right.add(*self._channels(layer.inputs.layout, in_full))
+                scale.append(layer.positions * layer.kernel / layer.groups)
+        self._macs = (*left.matrices(), *right.matrices(), np.asarray(scale, dtype=np.float64))
+
+    def _build_params(self, graph: ChannelGraph, model: nn.Module) -> None:
+        left, right, scale = _Forms(len(self._size)), _Forms(len(self._size)), []
+        bound_full = 0
+        one = (np.zeros(len(self._size)), 1.0)
+        for b in graph.bindings.values():
+            module = model.get_submodule(b.name)
+            weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+            out = self._channels(b.out_layout, 0)
+            if b.kind in ("conv", "linear") and weight is not None:
+                kernel = weight[0, 0].numel()
+                left.add(*out)
+                right.add(*self._channels(b.in_layout, 0))
+                scale.append(float(kernel))
+            elif b.kind == "depthwise" and weight is not None:
+                left.add(*out)
+                right.add(*one)
+                scale.append(float(weight[0, 0].numel()))
+            elif weight is not None:
+                left.add(*out)
+                right.add(*one)
+                scale.append(1.0)
+            if bias is not None:
+                left.add(*out)
+                right.add(*one)
+                scale.append(1.0)
+            bound_full += sum(p.numel() for p in (weight, bias) if p is not None)
+        self._params = (*left.matrices(), *right.matrices(), np.asarray(scale, dtype=np.float64))
+        self._params_const = float(graph.params_total - bound_full)
+
+    def _build_memory(self, graph: ChannelGraph) -> None:
+        forms = _Forms(len(self._size))
+        for op in graph.ops:
+            coef, const = np.zeros(len(self._size)), 0.0
+            for t in op.tensors:
+                c, k = self._numel(t)
+                coef, const = coef + c, const + k
+            forms.add(coef, const)
+        self._memory = forms.matrices()
+
+    # -- evaluation ------------------------------------------------------------------------
+    @staticmethod
+    def _products(widths: np.ndarray, terms: tuple[np.ndarray, ...]) -> np.ndarray:
+        a, a0, b, b0, s = terms
+        return ((widths @ a + a0) * (widths @ b + b0)) @ s
+
+    def macs(self, widths: np.ndarray) -> np.ndarray:
+        return np.rint(self._products(_as_matrix(widths), self._macs)).astype(np.int64)
+
+    def params(self, widths: np.ndarray) -> np.ndarray:
+        w = _as_matrix(widths)
+        return np.rint(self._products(w, self._params) + self._params_const).astype(np.int64)
+
+    def memory(self, widths: np.ndarray) -> np.ndarray:
+        w = _as_matrix(widths)
+        m, m0 = self._memory
+        if m.shape[1] == 0:
+            return np.zeros(len(w), dtype=np.int64)
+        return np.rint((w @ m + m0).max(axis=1) * BYTES_PER_ELEMENT).astype(np.int64)
+
+    def evaluate(self, widths: np.ndarray, metric: str) -> np.ndarray:
+        """One metric ("macs" | "params" | "memory") for an (n, groups) array of widths."""
+        return {"macs": self.macs, "params": self.params, "memory": self.memory}[metric](widths)
+
+    def cost(self, config: Mapping[str, int]) -> Cost:
+        w = self.space.to_vector(config)[None, :]
+        return Cost(int(self.macs(w)[0]), int(self.params(w)[0]), int(self.memory(w)[0]))
+
+    def costs(self, configs: Sequence[Mapping[str, int]]) -> list[Cost]:
+        w = np.stack([self.space.to_vector(c) for c in configs])
+        macs, params, memory = self.macs(w), self.params(w), self.memory(w)
+        return [Cost(int(a), int(b), int(c)) for a, b, c in zip(macs, params, memory, strict=True)]
+
+
+def _as_matrix(widths: np.ndarray) -> np.ndarray:
+    w = np.asarray(widths, dtype=np.float64)
+    return w[None, :] if w.ndim == 1 else w

@@ -1,0 +1,238 @@
+"""Channel groups and the space of width configurations over them.
+
+A channel group is a set of channel dimensions the graph forces to keep the same width
+(a residual add, a depthwise conv, a broadcast multiply). A width configuration assigns one
+allowed width to every group; it is immutable so it can be hashed, cached and logged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from .errors import WidthSearchError
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """One channel group: its full size, allowed widths and the modules it connects.
+
+    `producers` write the group's channels (conv / linear outputs), `consumers` read them
+    (conv / linear inputs), `members` carry them through (norms). `fixed` names why a group
+    must stay at full width (model input, classifier output, an op without a rule).
+    """
+
+    name: str
+    size: int
+    choices: tuple[int, ...]
+    step: int = 1
+    producers: tuple[str, ...] = ()
+    consumers: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()
+    fixed: str | None = None
+    granularity: int = 1
+
+    @property
+    def slimmable(self) -> bool:
+        return len(self.choices) > 1
+
+    def details(self) -> str:
+        """A readable multi-line explanation of the group, for `inspect` and debugging."""
+        lines = [f"group {self.name!r}: {self.size} channels"]
+        if self.fixed:
+            lines.append(f"  fixed at full width: {self.fixed}")
+        else:
+            lines.append(f"  widths: {_compact(self.choices)} (step {self.step})")
+        for label, names in (
+            ("produced by", self.producers),
+            ("consumed by", self.consumers),
+            ("carried by", self.members),
+        ):
+            if names:
+                lines.append(f"  {label}: {', '.join(names)}")
+        return "\n".join(lines)
+
+
+def _compact(values: Sequence[int]) -> str:
+    if len(values) <= 6:
+        return ", ".join(map(str, values))
+    return f"{values[0]}, {values[1]}, ..., {values[-2]}, {values[-1]} ({len(values)} widths)"
+
+
+def default_choices(size: int, *, min_ratio: float, step: int) -> tuple[int, ...]:
+    """Multiples of `step` from `min_ratio * size` up to `size`; `size` itself always allowed."""
+    if not 0.0 < min_ratio <= 1.0:
+        raise WidthSearchError(f"min_ratio must be in (0, 1], got {min_ratio}")
+    if step < 1:
+        raise WidthSearchError(f"step must be a positive integer, got {step}")
+    low = max(step, math.ceil(min_ratio * size / step) * step)
+    widths = set(range(low, size + 1, step))
+    widths.add(size)
+    return tuple(sorted(w for w in widths if 0 < w <= size))
+
+
+def default_step(size: int, divisions: int, granularity: int = 1) -> int:
+    """A width step that splits a group into about `divisions` equal parts."""
+    step = max(1, size // divisions)
+    return max(granularity, (step // granularity) * granularity)
+
+
+class WidthConfig(Mapping[str, int]):
+    """An immutable mapping group name -> width; hashable, comparable, JSON-friendly."""
+
+    __slots__ = ("_items", "_lookup")
+
+    def __init__(self, widths: Mapping[str, int]) -> None:
+        self._items = tuple((str(k), int(v)) for k, v in widths.items())
+        self._lookup = dict(self._items)
+
+    def __getitem__(self, name: str) -> int:
+        return self._lookup[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._items)))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return self._lookup == dict(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"WidthConfig({self._lookup})"
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self._lookup)
+
+
+@dataclass(frozen=True)
+class WidthSpace:
+    """Every group's allowed widths; builds, validates and encodes width configurations."""
+
+    groups: tuple[ChannelGroup, ...]
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {g.name: i for i, g in enumerate(self.groups)})
+
+    def __getitem__(self, name: str) -> ChannelGroup:
+        try:
+            return self.groups[self._index[name]]
+        except KeyError:
+            raise WidthSearchError(
+                f"unknown channel group {name!r}; known groups: {', '.join(self.names)}"
+            ) from None
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(g.name for g in self.groups)
+
+    @property
+    def searchable(self) -> tuple[ChannelGroup, ...]:
+        """The groups with more than one allowed width."""
+        return tuple(g for g in self.groups if g.slimmable)
+
+    def with_choices(self, choices: Mapping[str, Sequence[int]]) -> WidthSpace:
+        """A copy with some groups' allowed widths replaced (validated)."""
+        groups = []
+        for g in self.groups:
+            if g.name in choices:
+                widths = tuple(sorted({int(w) for w in choices[g.name]}))
+                if g.fixed and widths != (g.size,):
+                    raise WidthSearchError(f"group {g.name!r} is fixed: {g.fixed}")
+                if not widths or widths[0] < 1 or widths[-1] > g.size:
+                    raise WidthSearchError(
+                        f"widths for group {g.name!r} must lie in [1, {g.size}], got {widths}"
+                    )
+                bad = [w for w in widths if w % g.granularity and w != g.size]
+                if bad:
+                    raise WidthSearchError(
+                        f"widths {bad} of group {g.name!r} are not multiples of {g.granularity}"
+                    )
+                groups.append(replace(g, choices=widths))
+            else:
+                groups.append(g)
+        unknown = set(choices) - set(self.names)
+        if unknown:
+            self[sorted(unknown)[0]]  # raises with the list of known groups
+        return WidthSpace(tuple(groups))
+
+    def max(self) -> WidthConfig:
+        return WidthConfig({g.name: g.choices[-1] for g in self.groups})
+
+    def min(self) -> WidthConfig:
+        return WidthConfig({g.name: g.choices[0] for g in self.groups})
+
+    def uniform(self, ratio: float) -> WidthConfig:
+        """Every group at the allowed width nearest to `ratio` of its size (ties: wider)."""
+        if not 0.0 < ratio <= 1.0:
+            raise WidthSearchError(f"a width ratio must be in (0, 1], got {ratio}")
+        return WidthConfig(
+            {g.name: min(g.choices, key=lambda w, g=g: (abs(w - ratio * g.size), -w))
+             for g in self.groups}
+        )
+
+    def sample(self, generator: torch.Generator | None = None) -> WidthConfig:
+        """A configuration with every group's width drawn uniformly from its choices."""
+        idx = self.sample_indices(1, generator)[0]
+        return self.from_indices(idx)
+
+    def sample_indices(self, n: int, generator: torch.Generator | None = None) -> np.ndarray:
+        """`n` random configurations as choice indices, shape (n, groups)."""
+        counts = torch.tensor([len(g.choices) for g in self.groups], dtype=torch.float64)
+        u = torch.rand((n, len(self.groups)), generator=generator, dtype=torch.float64)
+        return (u * counts).floor().long().clamp_max(counts.long() - 1).numpy()
+
+    def validate(self, config: Mapping[str, int]) -> WidthConfig:
+        """The config as a WidthConfig; missing groups default to full width."""
+        for name, width in config.items():
+            group = self[name]
+            if int(width) not in group.choices:
+                raise WidthSearchError(
+                    f"width {width} is not allowed for group {name!r} "
+                    f"(size {group.size}); allowed: {_compact(group.choices)}"
+                )
+        return WidthConfig({g.name: int(config.get(g.name, g.size)) for g in self.groups})
+
+    def to_vector(self, config: Mapping[str, int]) -> np.ndarray:
+        """Widths as an int64 vector in group order."""
+        cfg = self.validate(config)
+        return np.array([cfg[g.name] for g in self.groups], dtype=np.int64)
+
+    def from_vector(self, vector: Sequence[int] | np.ndarray) -> WidthConfig:
+        if len(vector) != len(self.groups):
+            raise WidthSearchError(
+                f"a width vector needs {len(self.groups)} entries, got {len(vector)}"
+            )
+        return self.validate({g.name: int(w) for g, w in zip(self.groups, vector, strict=True)})
+
+    def to_indices(self, config: Mapping[str, int]) -> np.ndarray:
+        cfg = self.validate(config)
+        return np.array([g.choices.index(cfg[g.name]) for g in self.groups], dtype=np.int64)
+
+    def from_indices(self, indices: Sequence[int] | np.ndarray) -> WidthConfig:
+        return WidthConfig(
+            {g.name: g.choices[int(i)] for g, i in zip(self.groups, indices, strict=True)}
+        )
+
+    def widths_of_indices(self, indices: np.ndarray) -> np.ndarray:
+        """Choice indices (n, groups) to widths (n, groups), vectorized."""
+        out = np.empty_like(indices)
+        for j, g in enumerate(self.groups):
+            out[:, j] = np.asarray(g.choices)[indices[:, j]]
+        return out
+
+    def summary(self) -> str:
+        return "\n".join(g.details() for g in self.groups)

@@ -1,0 +1,336 @@
+"""The Supernet: a model whose channel widths switch at run time, plus its costs and exports.
+
+The model's own Conv2d / Linear / norm modules are swapped for dynamic ones that share their
+tensors; `activate(config, choice)` sets the active channel indices on those modules (the
+state lives on this object and its modules, never in a global).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .cost import Cost, CostModel
+from .dynamic import DynamicModule, make_dynamic
+from .errors import WidthSearchError
+from .graph import ChannelGraph, GroupLayout, RuleTable, discover
+from .patterns import Pattern, Selection, as_selection, get_pattern, selection_tensor
+from .space import ChannelGroup, WidthConfig, WidthSpace, default_choices, default_step
+
+Choice = int | Mapping[str, int] | None
+
+
+class _Activation:
+    """Returned by `Supernet.activate`: the new widths stay on, or revert after a `with`."""
+
+    def __init__(self, net: Supernet, previous: tuple[WidthConfig, dict[str, int]]) -> None:
+        self.net = net
+        self.previous = previous
+
+    def __enter__(self) -> Supernet:
+        return self.net
+
+    def __exit__(self, *exc: object) -> None:
+        self.net.activate(*self.previous)
+
+
+class Supernet(nn.Module):
+    """Wraps a model so that every width configuration of its channel groups runs.
+
+    Args:
+        model: any torch.fx-traceable CNN; modified in place (its layers become dynamic).
+        example_input: a tensor (batch first) the model accepts, used to trace shapes.
+        pattern: "leftmost" | "cafenet" | "bcnet" or a `patterns.Pattern` object.
+        min_ratio: the smallest allowed width as a fraction of each group.
+        divisions: a group's width step is about size / divisions channels.
+        choices: per-group allowed widths that replace the defaults.
+        rules: a rule table for discovery (defaults to `graph.RULES`).
+        verify: run the example input at random widths and fix groups that do not run.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        pattern: str | Pattern = "leftmost",
+        *,
+        min_ratio: float = 0.25,
+        divisions: int = 16,
+        choices: Mapping[str, list[int]] | None = None,
+        rules: RuleTable | None = None,
+        verify: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(model, Supernet):
+            raise WidthSearchError("the model is already a Supernet")
+        _check_example(model, example_input)
+        self.model = model
+        self.pattern = get_pattern(pattern)
+        self.graph: ChannelGraph = discover(model, example_input, rules)
+        self.space = _build_space(self.graph, min_ratio, divisions)
+        if choices:
+            self.space = self.space.with_choices(choices)
+        self._dynamic: dict[str, DynamicModule] = {}
+        for name, binding in self.graph.bindings.items():
+            dyn = make_dynamic(binding.kind, model.get_submodule(name))
+            model.set_submodule(name, dyn)
+            self._dynamic[name] = dyn
+        self._selections: dict[tuple[str, int, int], Selection] = {}
+        self._composed: dict[tuple, Selection] = {}
+        self._config = self.space.max()
+        self._choice: dict[str, int] = {}
+        self.activate(self._config)
+        if verify:
+            self._verify(example_input)
+        self.cost_model = CostModel(self.graph, self.space, model)
+
+    # -- widths ------------------------------------------------------------------------------
+    @property
+    def config(self) -> WidthConfig:
+        """The active width configuration."""
+        return self._config
+
+    @property
+    def choice(self) -> dict[str, int]:
+        """The active assignment index per group (groups at 0 omitted)."""
+        return dict(self._choice)
+
+    def activate(self, config: Mapping[str, int] | None = None, choice: Choice = None) -> _Activation:
+        """Run at `config` (full width if None) with the pattern assignment `choice`.
+
+        `choice` maps group -> assignment index (0 = leftmost); an int applies to every group
+        that has that many assignments (e.g. 1 = the right channels with the bcnet pattern).
+        Use as a call or as `with net.activate(cfg): ...` to restore the previous widths.
+        """
+        previous = (self._config, self._choice)
+        cfg = self.space.max() if config is None else self.space.validate(config)
+        picks = self._resolve_choice(cfg, choice)
+        device = _device_of(self.model)
+        for name, dyn in self._dynamic.items():
+            binding = self.graph.bindings[name]
+            dyn.set_selection(
+                self._compose(binding.in_layout, cfg, picks, device),
+                self._compose(binding.out_layout, cfg, picks, device),
+            )
+        self._config, self._choice = cfg, picks
+        return _Activation(self, previous)
+
+    def num_choices(self, config: Mapping[str, int]) -> dict[str, int]:
+        """How many pattern assignments each group has at `config` (groups with >1 only)."""
+        cfg = self.space.validate(config)
+        counts = {g.name: self.pattern.num_choices(g.size, cfg[g.name], g.step)
+                  for g in self.space.groups}
+        return {k: v for k, v in counts.items() if v > 1}
+
+    def sample_choice(self, config: Mapping[str, int], generator: torch.Generator | None = None
+                      ) -> dict[str, int]:
+        """A uniformly random assignment for every group that has more than one."""
+        counts = self.num_choices(config)
+        return {name: int(torch.randint(n, (1,), generator=generator)) for name, n in counts.items()}
+
+    def _resolve_choice(self, cfg: WidthConfig, choice: Choice) -> dict[str, int]:
+        if choice is None:
+            return {}
+        if isinstance(choice, int):
+            picks = {}
+            for g in self.space.groups:
+                if choice < self.pattern.num_choices(g.size, cfg[g.name], g.step):
+                    picks[g.name] = choice
+            return {k: v for k, v in picks.items() if v}
+        picks = {}
+        for name, k in choice.items():
+            g = self.space[name]
+            n = self.pattern.num_choices(g.size, cfg[name], g.step)
+            if not 0 <= int(k) < n:
+                raise WidthSearchError(
+                    f"choice {k} for group {name!r} at width {cfg[name]} is out of range "
+                    f"(the {self.pattern.name} pattern has {n})"
+                )
+            if int(k):
+                picks[name] = int(k)
+        return picks
+
+    def _group_selection(self, name: str, width: int, k: int) -> Selection:
+        key = (name, width, k)
+        if key not in self._selections:
+            g = self.space[name]
+            self._selections[key] = self.pattern.indices(g.size, width, g.step, k)
+        return self._selections[key]
+
+    def _compose(self, layout: GroupLayout, cfg: WidthConfig, picks: dict[str, int],
+                 device: torch.device) -> Selection:
+        """The active entries of a (possibly concatenated, flattened) channel axis."""
+        state = tuple((cfg[n], picks.get(n, 0)) for n in layout.segments)
+        key = (layout, state, device)
+        if key in self._composed:
+            return self._composed[key]
+        sels = [self._group_selection(n, w, k)
+                for n, (w, k) in zip(layout.segments, state, strict=True)]
+        if len(sels) == 1 and layout.inner == 1:
+            sel = sels[0]
+        else:
+            parts, offset = [], 0
+            for name, s in zip(layout.segments, sels, strict=True):
+                parts.append(selection_tensor(s) + offset)
+                offset += self.space[name].size
+            channels = torch.cat(parts)
+            inner = torch.arange(layout.inner)
+            sel = as_selection((channels[:, None] * layout.inner + inner).flatten())
+        if isinstance(sel, torch.Tensor):
+            sel = sel.to(device)
+        self._composed[key] = sel
+        return sel
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Supernet:
+        """After .to(device) / .cuda(), re-place the index tensors beside the weights."""
+        super()._apply(fn, recurse)
+        if hasattr(self, "_dynamic"):
+            self._composed.clear()
+            self.activate(self._config, self._choice)
+        return self
+
+    # -- running -----------------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def cost(self, config: Mapping[str, int] | None = None) -> Cost:
+        """MACs, params and peak activation memory of `config` (the active one if None)."""
+        return self.cost_model.cost(self._config if config is None else config)
+
+    # -- export ------------------------------------------------------------------------------
+    def export(self, config: Mapping[str, int] | None = None, choice: Choice = None) -> nn.Module:
+        """A plain model of the original classes with physically smaller tensors.
+
+        The result carries `widthsearch_spec` (how to rebuild it) and no widthsearch class.
+        """
+        if config is None:  # the active widths, and the active assignment unless one is given
+            config, choice = self._config, self._choice if choice is None else choice
+        with self.activate(config, choice):
+            memo: dict[int, Any] = {}
+            shapes = {}
+            for name, dyn in self._dynamic.items():
+                memo[id(dyn)] = dyn.materialize()
+                shapes[name] = dyn.shape_spec()
+            plain = copy.deepcopy(self.model, memo)
+            spec = dict(getattr(self.model, "widthsearch_spec", {}) or {})
+            spec.update(width_config=self._config.to_dict(), choice=dict(self._choice),
+                        shapes=shapes)
+        plain.widthsearch_spec = spec
+        return plain
+
+    # -- verification --------------------------------------------------------------------------
+    def _verify(self, example_input: torch.Tensor) -> None:
+        """Invariant: every group runs at every width; groups that cannot are fixed, named."""
+        failing = self._failing_groups(example_input)
+        if not failing:
+            return
+        groups = tuple(
+            replace(g, choices=(g.size,), fixed=f"does not run when slimmed: {failing[g.name]}")
+            if g.name in failing else g
+            for g in self.space.groups
+        )
+        self.space = WidthSpace(groups)
+        self._config = self.space.max()
+        self.activate(self._config)
+        warnings.warn(
+            "these groups fail to run when slimmed and stay at full width: "
+            + "; ".join(f"{k} ({v})" for k, v in failing.items()),
+            stacklevel=3,
+        )
+
+    def _failing_groups(self, example_input: torch.Tensor) -> dict[str, str]:
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                full_shape = _output_shape(self.model(example_input))
+                generator = torch.Generator().manual_seed(0)
+                probes = [self.space.min(), self.space.sample(generator)]
+                if all(self._runs(cfg, example_input, full_shape) is None for cfg in probes):
+                    return {}
+                failing = {}
+                for g in self.space.searchable:
+                    cfg = dict(self.space.max())
+                    cfg[g.name] = g.choices[0]
+                    err = self._runs(cfg, example_input, full_shape)
+                    if err is not None:
+                        failing[g.name] = err
+                return failing
+        finally:
+            self.activate(self.space.max())
+            self.train(was_training)
+
+    def _runs(self, cfg: Mapping[str, int], x: torch.Tensor, shape: Any) -> str | None:
+        try:
+            with self.activate(cfg):
+                out = self.model(x)
+        except Exception as err:  # a construct no rule covered correctly
+            return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        if _output_shape(out) != shape:
+            return "the output shape changes"
+        return None
+
+    def extra_repr(self) -> str:
+        return (f"pattern={self.pattern!r}, groups={len(self.space)}, "
+                f"searchable={len(self.space.searchable)}")
+
+
+def _build_space(graph: ChannelGraph, min_ratio: float, divisions: int) -> WidthSpace:
+    groups = []
+    for info in graph.groups:
+        step = default_step(info.size, divisions, info.granularity)
+        fixed = info.fixed
+        if not fixed and info.size % info.granularity:
+            fixed = f"{info.size} channels do not split into blocks of {info.granularity}"
+        widths = (info.size,) if fixed else default_choices(info.size, min_ratio=min_ratio, step=step)
+        groups.append(ChannelGroup(
+            name=info.name, size=info.size, choices=widths, step=step,
+            producers=info.producers, consumers=info.consumers, members=info.members,
+            fixed=fixed, granularity=info.granularity,
+        ))
+    return WidthSpace(tuple(groups))
+
+
+def _check_example(model: nn.Module, example_input: Any) -> None:
+    if not isinstance(example_input, torch.Tensor):
+        raise WidthSearchError(
+            f"example_input must be a tensor with a batch axis, got {type(example_input).__name__}"
+        )
+    if example_input.dim() < 2:
+        raise WidthSearchError(
+            f"example_input needs a batch axis and channels, got shape {tuple(example_input.shape)}"
+        )
+    if not isinstance(model, nn.Module):
+        raise WidthSearchError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def _output_shape(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return tuple(out.shape)
+    if isinstance(out, (list, tuple)):
+        return tuple(_output_shape(o) for o in out)
+    if isinstance(out, dict):
+        return {k: _output_shape(v) for k, v in out.items()}
+    return None
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def macs_of(module: nn.Module, example_input: torch.Tensor) -> int:
+    """MACs of one forward at batch 1 as torch's FlopCounterMode counts them (FLOPs / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        module(example_input[:1])
+    return math.ceil(counter.get_total_flops() / 2)
