@@ -1,0 +1,469 @@
+"""The run directory and its durable state: config, checkpoints, metrics log.
+
+Everything here is written so that a run can be killed at any instant and resumed:
+files are replaced atomically, checkpoints are rotated, checkpoints load with
+``torch.load(weights_only=True)`` (never arbitrary unpickling), and only the writer rank
+(rank 0 under torchrun) touches the disk.
+
+Layout::
+
+    run/
+      config.yaml        the run's configuration (yaml.safe_dump)
+      checkpoints/       step-000001000.pt ... (the newest K kept)
+      metrics.jsonl      one JSON object per line
+      search/            search results
+      exports/           exported subnets
+      report.md          summary, next to its plots
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import tempfile
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+import yaml
+
+from widthsearch.errors import WidthSearchError
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+SEARCH_DIR = "search"
+EXPORTS_DIR = "exports"
+REPORT_FILE = "report.md"
+CHECKPOINT_RE = re.compile(r"^step-(\d+)\.pt$")
+_UNSAFE_GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+# What torch.load(weights_only=True) accepts (exact types: np.float64 and friends are refused).
+_SCALAR_TYPES = (int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device)
+_SEQUENCE_TYPES = (list, tuple, set, torch.Size)
+_MAPPING_TYPES = (dict, OrderedDict)
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable; best effort (not every OS can open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it.
+
+    The rename is atomic on one filesystem, so a reader (or a resume after a kill) sees
+    either the old file or the complete new one, never half of it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that a kill never leaves a half-written file."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Text version of :func:`atomic_write_bytes`."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+# --------------------------------------------------------------------------- RNG state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Snapshot python, numpy (legacy global), torch CPU and CUDA RNGs as weights_only data.
+
+    Resuming with this state makes the rest of a run draw the same numbers as an
+    uninterrupted one (design invariant 5). numpy ``Generator`` objects are not global
+    and are not covered: keep their state in your own checkpoint entry.
+    """
+    version, internal, gauss_next = random.getstate()
+    np_name, np_key, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
+        "numpy": {
+            "bit_generator": str(np_name),
+            "key": torch.from_numpy(np_key.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put back the RNG state from :func:`capture_rng_state` (also after a checkpoint trip)."""
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(x) for x in py["state"]), py["gauss_next"]))
+    npst = state["numpy"]
+    key = np.asarray(torch.as_tensor(npst["key"]).numpy(), dtype=np.uint32)
+    np.random.set_state(
+        (
+            npst["bit_generator"],
+            key,
+            int(npst["pos"]),
+            int(npst["has_gauss"]),
+            float(npst["cached_gaussian"]),
+        )
+    )
+    torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = list(state["cuda"])
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            warnings.warn(
+                f"checkpoint has CUDA RNG state for {len(cuda_states)} devices but "
+                f"{torch.cuda.device_count()} are visible; CUDA RNG not restored",
+                stacklevel=2,
+            )
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _check_loadable(obj: Any, where: str = "state") -> None:
+    """Refuse at save time what weights_only loading would refuse at resume time."""
+    if isinstance(obj, torch.Tensor) or type(obj) in _SCALAR_TYPES:
+        return
+    if type(obj) in _MAPPING_TYPES:
+        for k, v in obj.items():
+            _check_loadable(k, f"{where} key {k!r}")
+            _check_loadable(v, f"{where}[{k!r}]")
+        return
+    if type(obj) in _SEQUENCE_TYPES:
+        for i, v in enumerate(obj):
+            _check_loadable(v, f"{where}[{i}]")
+        return
+    raise WidthSearchError(
+        f"cannot checkpoint {where}: it is a {type(obj).__module__}.{type(obj).__qualname__}; "
+        "checkpoints hold only tensors, numbers, strings, lists, tuples and dicts "
+        "(convert numpy values with .item() or torch.as_tensor)"
+    )
+
+
+def _load_one(path: Path) -> dict[str, Any]:
+    """Load one checkpoint safely; every failure becomes a WidthSearchError naming the file.
+
+    torch's own messages suggest retrying with weights_only=False; ours deliberately do not.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WidthSearchError(f"checkpoint {path} does not exist") from None
+    except Exception as e:  # corrupt zip, truncated file, refused global, ...
+        refused = _UNSAFE_GLOBAL_RE.search(str(e))
+        if refused:
+            reason = f"it holds {refused.group(1)}, which safe (weights_only) loading refuses"
+        else:
+            reason = f"it is corrupt or truncated ({type(e).__name__})"
+        raise WidthSearchError(f"cannot load checkpoint {path}: {reason}") from e
+    if not isinstance(state, dict):
+        raise WidthSearchError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
+    return state
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _jsonable(value: Any) -> Any:
+    """Let callers log 0-d tensors and numpy scalars without converting them by hand."""
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"cannot log a {type(value).__name__} as JSON")
+
+
+class MetricsLog:
+    """An append-only JSON-lines log; one flushed line per event survives a kill.
+
+    Only the writer rank writes; on other ranks :meth:`log` and :meth:`truncate_after`
+    do nothing, so the training loop can call them unconditionally.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, rank: int = 0) -> None:
+        self.path = Path(path)
+        self.rank = rank
+
+    @property
+    def is_writer(self) -> bool:
+        return self.rank == 0
+
+    def log(self, **fields: Any) -> None:
+        """Append ``fields`` plus a wall-clock ``time`` (seconds since the epoch)."""
+        if not self.is_writer:
+            return
+        record = {"time": time.time(), **fields}
+        line = json.dumps(record, default=_jsonable)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+
+    def _records(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        if not self.path.exists():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                yield line, json.loads(line)
+            except json.JSONDecodeError as e:
+                if i == len(lines) - 1:  # a line cut short by a kill: drop it
+                    warnings.warn(f"{self.path}: ignoring a truncated last line", stacklevel=3)
+                    return
+                raise WidthSearchError(f"{self.path} line {i + 1} is not JSON: {e}") from e
+
+    def read(self) -> list[dict[str, Any]]:
+        """All records in order ([] if nothing was logged yet)."""
+        return [record for _, record in self._records()]
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records whose ``step`` is beyond ``step``, so a resume logs no duplicates.
+
+        Records without a ``step`` are kept. The rewrite is atomic.
+        """
+        if not self.is_writer or not self.path.exists():
+            return
+        kept = [
+            line
+            for line, record in self._records()
+            if not (isinstance(record.get("step"), (int, float)) and record["step"] > step)
+        ]
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+class RunDir:
+    """A run directory: paths to its parts plus its durable state.
+
+    ``rank`` is the distributed rank; only rank 0 writes. Other ranks may read (every rank
+    loads the checkpoint on resume) but never create, save or log. Other ranks should
+    read only after a barrier that follows rank 0's :meth:`create` or save.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, rank: int = 0) -> None:
+        """Wrap ``path`` without checking it; use :meth:`create` or :meth:`open`."""
+        self.path = Path(path)
+        self.rank = rank
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r}, rank={self.rank})"
+
+    @property
+    def is_writer(self) -> bool:
+        return self.rank == 0
+
+    # paths
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def search_dir(self) -> Path:
+        return self.path / SEARCH_DIR
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.path / EXPORTS_DIR
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT_FILE
+
+    @property
+    def metrics(self) -> MetricsLog:
+        """The run's metrics log, writing only on the writer rank."""
+        return MetricsLog(self.metrics_path, rank=self.rank)
+
+    # lifecycle
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        config: dict[str, Any],
+        *,
+        exist_ok: bool = False,
+        rank: int = 0,
+    ) -> RunDir:
+        """Make a new run: the folder tree and config.yaml.
+
+        Refuses to overwrite an existing run's config (that would silently mix two runs'
+        checkpoints and metrics) unless ``exist_ok``. Non-writer ranks only get the handle:
+        they do not even look at the disk, since rank 0 may be creating the run meanwhile.
+        """
+        run = cls(path, rank=rank)
+        if not run.is_writer:
+            return run
+        if run.config_path.exists() and not exist_ok:
+            raise WidthSearchError(
+                f"{run.path} already holds a run (it has {CONFIG_FILE}); "
+                "resume it or choose another directory"
+            )
+        if run.path.exists() and not run.path.is_dir():
+            raise WidthSearchError(f"{run.path} exists and is not a directory")
+        try:
+            text = yaml.safe_dump(config, sort_keys=False)
+        except yaml.YAMLError as e:
+            raise WidthSearchError(f"the run config is not plain YAML data: {e}") from e
+        for sub in (run.checkpoints, run.search_dir, run.exports_dir):
+            sub.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.config_path, text)
+        return run
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, rank: int = 0) -> RunDir:
+        """Open an existing run (for resume, search, export or report)."""
+        run = cls(path, rank=rank)
+        if not run.path.is_dir():
+            raise WidthSearchError(f"run directory {run.path} does not exist")
+        if not run.config_path.is_file():
+            raise WidthSearchError(
+                f"{run.path} is not a widthsearch run directory (no {CONFIG_FILE}); "
+                "start a new run there instead of resuming"
+            )
+        return run
+
+    def read_config(self) -> dict[str, Any]:
+        """The config the run was created with."""
+        try:
+            config = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise WidthSearchError(f"{self.config_path} does not exist") from None
+        except yaml.YAMLError as e:
+            raise WidthSearchError(f"{self.config_path} is not valid YAML: {e}") from e
+        if config is None:
+            return {}
+        if not isinstance(config, dict):
+            raise WidthSearchError(
+                f"{self.config_path} must hold a mapping, not a {type(config).__name__}"
+            )
+        return config
+
+    # checkpoints
+    def checkpoint_path(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:09d}.pt"
+
+    def list_checkpoints(self) -> list[Path]:
+        """Checkpoints oldest to newest (by step number, not by file time)."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [
+            (int(m.group(1)), p)
+            for p in self.checkpoints.iterdir()
+            if (m := CHECKPOINT_RE.match(p.name)) and p.is_file()
+        ]
+        return [p for _, p in sorted(found)]
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest checkpoint file, or None before the first save."""
+        found = self.list_checkpoints()
+        return found[-1] if found else None
+
+    def save_checkpoint(self, state: dict[str, Any], step: int, *, keep: int = 3) -> Path | None:
+        """Atomically write ``state`` (plus ``"step"``) and delete all but the newest ``keep``.
+
+        ``state`` must be weights_only-loadable (tensors, numbers, strings, lists, tuples,
+        dicts); anything else is refused now rather than at resume. Returns None on
+        non-writer ranks, which write nothing.
+        """
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        if "step" in state and state["step"] != step:
+            raise ValueError(f"state['step'] is {state['step']} but step is {step}")
+        if not self.is_writer:
+            return None
+        payload = {**state, "step": step}
+        _check_loadable(payload)
+        path = atomic_write(self.checkpoint_path(step), lambda f: torch.save(payload, f))
+        for old in self.list_checkpoints()[:-keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Load the given checkpoint, or the newest readable one, safely onto the CPU.
+
+        Without ``path``, an unreadable newest checkpoint (damaged on disk, or copied
+        half-way) is skipped with a warning in favour of the one before it.
+        """
+        if path is not None:
+            return _load_one(Path(path))
+        candidates = self.list_checkpoints()
+        if not candidates:
+            raise WidthSearchError(f"{self.checkpoints} has no checkpoints to resume from")
+        errors: list[str] = []
+        for candidate in reversed(candidates):
+            try:
+                state = _load_one(candidate)
+            except WidthSearchError as e:
+                errors.append(str(e))
+                continue
+            if errors:
+                warnings.warn(
+                    f"skipped unreadable checkpoint(s), resuming from {candidate.name}: "
+                    + "; ".join(errors),
+                    stacklevel=2,
+                )
+            return state
+        raise WidthSearchError("no readable checkpoint: " + "; ".join(errors))
+
+
+__all__ = [
+    "MetricsLog",
+    "RunDir",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "capture_rng_state",
+    "restore_rng_state",
+]
