@@ -92,6 +92,20 @@ class Supernet(nn.Module):
         self.cost_model = CostModel(self.graph, self.space, model)
 
     # -- widths ------------------------------------------------------------------------------
+    def set_space(self, space: WidthSpace) -> None:
+        """Search and train over another space of the same groups (e.g. FLOPs-sensitive bins).
+
+        Cached selections depend on each group's step, so they are dropped; the costs are
+        rebuilt over the new space and the full width is activated.
+        """
+        if space.names != self.space.names:
+            raise WidthSearchError("a new width space must have the same groups as the supernet")
+        self.space = space
+        self._selections.clear()
+        self._composed.clear()
+        self.cost_model = CostModel(self.graph, space, self.model)
+        self.activate(space.max())
+
     @property
     def config(self) -> WidthConfig:
         """The active width configuration."""
@@ -216,7 +230,7 @@ class Supernet(nn.Module):
             memo: dict[int, Any] = {}
             shapes = {}
             for name, dyn in self._dynamic.items():
-                memo[id(dyn)] = dyn.materialize()
+                memo[id(dyn)] = dyn.materialize().train(dyn.training)
                 shapes[name] = dyn.shape_spec()
             plain = copy.deepcopy(self.model, memo)
             spec = dict(getattr(self.model, "widthsearch_spec", {}) or {})

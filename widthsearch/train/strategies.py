@@ -1,0 +1,397 @@
+"""Training strategies: which widths one step trains, and with which losses.
+
+A Strategy is the research logic of supernet training, kept apart from the loop (Lightning's
+split): the Trainer zeroes the gradients, calls `strategy.step(net, x, y, ...)`, then steps
+the optimizer. `step` runs the forward and backward of every width of the step; gradients
+accumulate in the parameters.
+
+Gradient scaling (the same for every strategy): each width's loss is its batch mean, and the
+gradients of the widths of one step are *summed* (as US-Nets, BigNAS and Joslim do), so
+adding a width to a step adds its gradient at full weight. The two sides of BCNet's
+bilateral pair count as one width (0.5 each).
+
+Distributed training: every rank gets the same `generator` state, so every rank samples the
+same widths; `net` may be the DistributedDataParallel wrapper (forwards go through it, the
+Supernet inside is found by `unwrap`). Any decision that depends on data (CafeNet's min-min
+pick) is taken on losses averaged across ranks with `reduce_mean`, so ranks agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from ..errors import WidthSearchError
+from ..patterns import Bilateral, LocallyFree
+from ..space import WidthConfig, WidthSpace
+from .bn import bn_state, load_bn_state, unwrap
+from .distill import distill_loss
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ReduceMean = Callable[[torch.Tensor], torch.Tensor]
+
+
+def identity(t: torch.Tensor) -> torch.Tensor:
+    """The single-process `reduce_mean`."""
+    return t
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise WidthSearchError(f"option {name} must be true or false, got {value!r}")
+    return value
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise WidthSearchError(f"option {name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _check_ratio(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise WidthSearchError(f"option {name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise WidthSearchError(f"option {name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+class Strategy:
+    """Base class. Subclasses set `name` and `defaults` (option -> default value) and
+    implement `_step`; options are validated by `_validate` into attributes."""
+
+    name: ClassVar[str] = "strategy"
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise WidthSearchError(
+                f"unknown option(s) {', '.join(unknown)} for strategy {self.name!r}; "
+                f"its options: {', '.join(self.defaults) or 'none'}"
+            )
+        self.options: dict[str, Any] = {**self.defaults, **options}
+        self._validate()
+        self.last_config: WidthConfig | None = None
+
+    def _validate(self) -> None:
+        """Check `self.options` and copy them into attributes."""
+
+    def check(self, net: nn.Module) -> None:
+        """Raise WidthSearchError if this strategy cannot train `net` (e.g. wrong pattern)."""
+        unwrap(net)
+
+    def step(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn: LossFn,
+             generator: torch.Generator, reduce_mean: ReduceMean = identity) -> dict[str, float]:
+        """Forward and backward every width of one training step; returns metrics.
+
+        Metrics always hold "loss" (the max width's loss, or the step's first width when it
+        trains no max width); the widths stay as they were after the step.
+        """
+        self.check(net)
+        supernet = unwrap(net)
+        with supernet.activate(supernet.config, supernet.choice):
+            return self._step(net, supernet, x, y, loss_fn, generator, reduce_mean)
+
+    def _step(self, net: nn.Module, supernet: Any, x: torch.Tensor, y: torch.Tensor,
+              loss_fn: LossFn, generator: torch.Generator,
+              reduce_mean: ReduceMean) -> dict[str, float]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Resumable state (plain Python values, safe for torch.load(weights_only=True))."""
+        return {"name": self.name}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("name") != self.name:
+            raise WidthSearchError(
+                f"strategy state is for {state.get('name')!r}, not {self.name!r}"
+            )
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{type(self).__name__}({opts})"
+
+    # -- shared pieces -------------------------------------------------------------------
+    def _train(self, net: nn.Module, supernet: Any, config: WidthConfig, choice: Any,
+               x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+               teacher: torch.Tensor | None = None, weight: float = 1.0,
+               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward one width; returns (its loss, its logits), both detached.
+
+        With a teacher the trained loss is the distillation loss; the reported loss is then
+        still the label loss of the same logits (comparable across widths and strategies).
+        """
+        supernet.activate(config, choice)
+        logits = net(x)
+        label_loss = loss_fn(logits, y)
+        trained = label_loss if teacher is None else distill_loss(logits, teacher, temperature)
+        (trained * weight).backward()
+        return label_loss.detach(), logits.detach()
+
+
+def _sample(space: WidthSpace, generator: torch.Generator, same_ratio: bool,
+            min_ratio: float | None) -> WidthConfig:
+    """A random config: one ratio for all groups, or each group's width drawn on its own."""
+    if not same_ratio:
+        return space.sample(generator)
+    low = _smallest_ratio(space) if min_ratio is None else min_ratio
+    u = float(torch.rand((), generator=generator, dtype=torch.float64))
+    return space.uniform(low + (1.0 - low) * u)
+
+
+def _smallest_ratio(space: WidthSpace) -> float:
+    groups = space.searchable
+    return min((g.choices[0] / g.size for g in groups), default=1.0)
+
+
+class Sandwich(Strategy):
+    """US-Nets / BigNAS sandwich rule: max, min and `n` random widths per step.
+
+    The max width learns from the labels; the others (with `distill`) from its detached
+    logits (in-place distillation). `uniform`: True samples one width multiplier r in
+    [min_ratio, 1] for all groups (slimmable networks), False samples every group's width
+    on its own (BigNAS). `min_ratio` None: the space's smallest ratio. The leftmost
+    assignment (choice None) is trained, whatever the supernet's pattern.
+    """
+
+    name = "sandwich"
+    defaults: ClassVar[dict[str, Any]] = {
+        "n": 2, "distill": True, "uniform": True, "min_ratio": None, "temperature": 1.0,
+    }
+
+    def _validate(self) -> None:
+        o = self.options
+        self.n = _check_int("n", o["n"], 0)
+        self.distill = _check_bool("distill", o["distill"])
+        self.uniform = _check_bool("uniform", o["uniform"])
+        self.min_ratio = _check_ratio("min_ratio", o["min_ratio"])
+        self.temperature = _check_positive("temperature", o["temperature"])
+
+    def _step(self, net, supernet, x, y, loss_fn, generator, reduce_mean):  # type: ignore[no-untyped-def]
+        space = supernet.space
+        loss_max, teacher = self._train(net, supernet, space.max(), None, x, y, loss_fn)
+        teacher = teacher if self.distill else None
+        opts = {"teacher": teacher, "temperature": self.temperature}
+        loss_min, _ = self._train(net, supernet, space.min(), None, x, y, loss_fn, **opts)
+        randoms = []
+        for _ in range(self.n):
+            cfg = _sample(space, generator, self.uniform, self.min_ratio)
+            randoms.append(self._train(net, supernet, cfg, None, x, y, loss_fn, **opts)[0])
+            self.last_config = cfg
+        metrics = {"loss": float(loss_max), "loss_min": float(loss_min)}
+        if randoms:
+            metrics["loss_random"] = float(torch.stack(randoms).mean())
+        return metrics
+
+
+class Uniform(Strategy):
+    """Single path: one random width per step (per-group sampling, or one ratio with
+    `uniform`); `random_choice` also draws a random pattern assignment."""
+
+    name = "uniform"
+    defaults: ClassVar[dict[str, Any]] = {"uniform": False, "min_ratio": None,
+                                          "random_choice": False}
+
+    def _validate(self) -> None:
+        o = self.options
+        self.uniform = _check_bool("uniform", o["uniform"])
+        self.min_ratio = _check_ratio("min_ratio", o["min_ratio"])
+        self.random_choice = _check_bool("random_choice", o["random_choice"])
+
+    def _step(self, net, supernet, x, y, loss_fn, generator, reduce_mean):  # type: ignore[no-untyped-def]
+        cfg = _sample(supernet.space, generator, self.uniform, self.min_ratio)
+        choice = supernet.sample_choice(cfg, generator) if self.random_choice else None
+        loss, _ = self._train(net, supernet, cfg, choice, x, y, loss_fn)
+        self.last_config = cfg
+        return {"loss": float(loss)}
+
+
+class CafeNet(Strategy):
+    """CafeNet min-min training (locally free pattern).
+
+    Per step: (with `max_width_step`) train the max width; sample a width config c; evaluate
+    K candidate assignments of its free channels without gradients (the leftmost one, choice
+    None, is always candidate 0; the others come from `net.sample_choice`; duplicates are
+    dropped); average their losses across ranks with `reduce_mean` (called once, on the
+    stacked candidate losses); backpropagate only the lowest (ties: the earliest). The loss
+    compared is the loss trained: the distillation loss with `distill`, else the label loss.
+    Candidate forwards run in train mode (batch statistics, like the trained forward) and
+    leave the BN running statistics untouched.
+
+    Metrics: "loss", "loss_min" (the winner's label loss), "loss_leftmost", "winner" (the
+    candidate index), "candidates". `last_candidates` / `last_losses` keep the last step's
+    candidates (config, choice) and their reduced losses, for inspection.
+    """
+
+    name = "cafenet"
+    defaults: ClassVar[dict[str, Any]] = {
+        "K": 3, "max_width_step": True, "distill": False, "uniform": False, "min_ratio": None,
+        "temperature": 1.0,
+    }
+
+    def _validate(self) -> None:
+        o = self.options
+        self.K = _check_int("K", o["K"], 1)
+        self.max_width_step = _check_bool("max_width_step", o["max_width_step"])
+        self.distill = _check_bool("distill", o["distill"])
+        self.uniform = _check_bool("uniform", o["uniform"])
+        self.min_ratio = _check_ratio("min_ratio", o["min_ratio"])
+        self.temperature = _check_positive("temperature", o["temperature"])
+        self.last_candidates: list[tuple[WidthConfig, dict[str, int]]] = []
+        self.last_losses: list[float] = []
+
+    def check(self, net: nn.Module) -> None:
+        pattern = unwrap(net).pattern
+        if not isinstance(pattern, LocallyFree):
+            raise WidthSearchError(
+                f"the cafenet strategy needs the locally free pattern (pattern='cafenet'), "
+                f"but the supernet uses {pattern!r}"
+            )
+
+    def _objective(self, logits: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+                   teacher: torch.Tensor | None) -> torch.Tensor:
+        if teacher is None:
+            return loss_fn(logits, y)
+        return distill_loss(logits, teacher, self.temperature)
+
+    def _step(self, net, supernet, x, y, loss_fn, generator, reduce_mean):  # type: ignore[no-untyped-def]
+        space = supernet.space
+        metrics: dict[str, float] = {}
+        teacher = None
+        if self.max_width_step:
+            loss_max, logits = self._train(net, supernet, space.max(), None, x, y, loss_fn)
+            metrics["loss"] = float(loss_max)
+            teacher = logits
+        elif self.distill:
+            with torch.no_grad():
+                supernet.activate(space.max(), None)
+                teacher = net(x)
+        teacher = teacher if self.distill else None
+
+        cfg = _sample(space, generator, self.uniform, self.min_ratio)
+        candidates: list[dict[str, int]] = [{}]
+        for _ in range(self.K - 1):  # always K-1 draws: the generator advances the same way
+            pick = {k: v for k, v in supernet.sample_choice(cfg, generator).items() if v}
+            if pick not in candidates:
+                candidates.append(pick)
+
+        snapshot = bn_state(supernet)
+        losses = []
+        with torch.no_grad():
+            for pick in candidates:
+                supernet.activate(cfg, pick)
+                losses.append(self._objective(net(x), y, loss_fn, teacher).detach())
+        load_bn_state(supernet, snapshot)  # candidates must not move the running statistics
+        reduced = reduce_mean(torch.stack(losses).float())
+        winner = int(torch.argmin(reduced))
+
+        loss_min, _ = self._train(net, supernet, cfg, candidates[winner], x, y, loss_fn,
+                                  teacher=teacher, temperature=self.temperature)
+        self.last_config = cfg
+        self.last_candidates = [(cfg, dict(p)) for p in candidates]
+        self.last_losses = [float(v) for v in reduced]
+        metrics.setdefault("loss", float(loss_min))
+        metrics.update(loss_min=float(loss_min), loss_leftmost=float(losses[0]),
+                       winner=float(winner), candidates=float(len(candidates)))
+        return metrics
+
+
+def complementary(space: WidthSpace, config: Mapping[str, int]) -> WidthConfig:
+    """Per group n - c snapped to the nearest allowed width (ties: the wider)."""
+    out = {}
+    for g in space.groups:
+        target = g.size - config[g.name]
+        out[g.name] = min(g.choices, key=lambda w, t=target: (abs(w - t), -w))
+    return WidthConfig(out)
+
+
+class BCNet(Strategy):
+    """BCNet bilateral training (bilateral pattern).
+
+    Per step a width config c is trained with its left channels (choice 0) and its right
+    channels (choice 1), loss 0.5 each, so every channel is trained equally often; the next
+    step trains the complementary config (per group n - c, snapped to an allowed width),
+    then a fresh random one, and so on. With `max_width_step` the max width is trained too
+    (and with `distill` the bilateral pair learns from its logits).
+    """
+
+    name = "bcnet"
+    defaults: ClassVar[dict[str, Any]] = {
+        "max_width_step": True, "distill": False, "uniform": False, "min_ratio": None,
+        "temperature": 1.0,
+    }
+
+    def _validate(self) -> None:
+        o = self.options
+        self.max_width_step = _check_bool("max_width_step", o["max_width_step"])
+        self.distill = _check_bool("distill", o["distill"])
+        self.uniform = _check_bool("uniform", o["uniform"])
+        self.min_ratio = _check_ratio("min_ratio", o["min_ratio"])
+        self.temperature = _check_positive("temperature", o["temperature"])
+        if self.distill and not self.max_width_step:
+            raise WidthSearchError("bcnet: distill needs max_width_step (the max width teaches)")
+        self.pending: WidthConfig | None = None
+
+    def check(self, net: nn.Module) -> None:
+        pattern = unwrap(net).pattern
+        if not isinstance(pattern, Bilateral):
+            raise WidthSearchError(
+                f"the bcnet strategy needs the bilateral pattern (pattern='bcnet'), "
+                f"but the supernet uses {pattern!r}"
+            )
+
+    def _step(self, net, supernet, x, y, loss_fn, generator, reduce_mean):  # type: ignore[no-untyped-def]
+        space = supernet.space
+        metrics: dict[str, float] = {}
+        teacher = None
+        if self.max_width_step:
+            loss_max, logits = self._train(net, supernet, space.max(), None, x, y, loss_fn)
+            metrics["loss"] = float(loss_max)
+            teacher = logits if self.distill else None
+        if self.pending is not None:
+            cfg, self.pending = space.validate(self.pending), None
+        else:
+            cfg = _sample(space, generator, self.uniform, self.min_ratio)
+            self.pending = complementary(space, cfg)
+        opts = {"teacher": teacher, "weight": 0.5, "temperature": self.temperature}
+        left, _ = self._train(net, supernet, cfg, 0, x, y, loss_fn, **opts)
+        right, _ = self._train(net, supernet, cfg, 1, x, y, loss_fn, **opts)
+        self.last_config = cfg
+        metrics.setdefault("loss", float(0.5 * (left + right)))
+        metrics.update(loss_left=float(left), loss_right=float(right))
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        pending = None if self.pending is None else self.pending.to_dict()
+        return {"name": self.name, "pending": pending}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        pending = state.get("pending")
+        self.pending = None if pending is None else WidthConfig(pending)
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (Sandwich, CafeNet, BCNet, Uniform)
+}
+
+
+def build_strategy(name: str, **options: Any) -> Strategy:
+    """The strategy registered as `name` with `options` (unknown names / options raise)."""
+    try:
+        cls = STRATEGIES[name]
+    except KeyError:
+        raise WidthSearchError(
+            f"unknown strategy {name!r}; choose one of {', '.join(sorted(STRATEGIES))}"
+        ) from None
+    return cls(**options)
