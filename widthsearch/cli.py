@@ -1,0 +1,328 @@
+"""The `widthsearch` command.
+
+Subcommands live in one table (`COMMANDS`): each is a function taking the parsed
+arguments and returning an exit code, registered with `@command(name, help, arguments)`
+where `arguments(parser)` declares its options. Adding a subcommand is one decorated
+function; `main` dispatches, and turns mistakes a user can make (a bad config, a missing
+file or dataset, an unknown model) into one `error: ...` line on stderr and exit code 2.
+Ctrl-C during training saves a checkpoint and exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from .errors import WidthSearchError
+
+__all__ = ["COMMANDS", "Command", "build_parser", "command", "main"]
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+QUICKSTART_DIR = Path("runs/quickstart")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, one-line help, argument declarations and implementation."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None] | None
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str,
+            arguments: Callable[[argparse.ArgumentParser], None] | None = None
+            ) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """Register `fn(args) -> exit code` as subcommand `name`."""
+
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        if name in COMMANDS:
+            raise ValueError(f"subcommand {name!r} is already registered")
+        COMMANDS[name] = Command(name, help, arguments, fn)
+        return fn
+
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="widthsearch",
+        description="Find how many channels each layer of a CNN should keep under a budget.")
+    parser.add_argument("--version", action="version", version=f"widthsearch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS.values():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        if cmd.arguments is not None:
+            cmd.arguments(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv` (default: sys.argv[1:]); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    from .train.trainer import TrainingInterrupted
+
+    try:
+        return int(args._run(args))
+    except TrainingInterrupted as e:
+        if e.run_dir is not None:
+            _err(f"interrupted at step {e.step}; checkpoint saved in {e.run_dir}. "
+                 f"Resume with: widthsearch train --resume {e.run_dir}")
+        else:
+            _err(f"interrupted at step {e.step}")
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        _err("interrupted; a run resumes from its last checkpoint with "
+             "widthsearch train --resume RUN_DIR")
+        return EXIT_INTERRUPTED
+    except (WidthSearchError, OSError, yaml.YAMLError) as e:
+        _err(f"error: {_one_line(e)}")
+        return EXIT_USAGE
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        text = f"{error.strerror}: {error.filename}"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+# ------------------------------------------------------------------------------ train
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML run config (default: all defaults)")
+    p.add_argument("--run-dir", type=Path,
+                   help="new run directory (default: runs/<model>-<strategy>-<time>)")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend",
+                   default=[], help="override config entries, e.g. optim.lr=0.05 data.subset=1000")
+    p.add_argument("--data", type=Path, help="dataset folder (sets data.root)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its newest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+@command("train", "Train a weight-sharing supernet (torchrun --nproc_per_node N -m widthsearch "
+         "train ... for several processes).", _train_arguments)
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train.distributed import broadcast_object, cleanup, init_distributed
+    from .train.trainer import Trainer
+
+    overrides = list(args.overrides)
+    if args.data is not None:
+        overrides.append(f"data.root={args.data}")
+    progress = False if args.no_progress else None
+    try:
+        if args.resume is not None:
+            if args.config is not None or args.run_dir is not None:
+                raise WidthSearchError("--resume takes the run's own config and directory; "
+                                       "drop --config / --run-dir")
+            trainer = Trainer.resume(args.resume, overrides=overrides, progress=progress)
+            if trainer.dist.is_main:
+                state = "finished" if trainer.finished else "resuming"
+                _err(f"{args.resume}: {state} at step {trainer.step}/{trainer.total_steps}")
+        else:
+            config = load_config(args.config, overrides)
+            dist = init_distributed(config.train.device)
+            run_dir = args.run_dir
+            if run_dir is None:
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                name = f"{config.model.name.replace(':', '-')}-{config.strategy.name}-{stamp}"
+                run_dir = Path(str(broadcast_object(str(Path("runs") / name))))
+            trainer = Trainer(config, run_dir, dist=dist, progress=progress)
+        result = trainer.fit()
+        if trainer.dist.is_main:
+            print_results(result.val, title=f"{result.run_dir} (step {result.step}/"
+                                            f"{result.total_steps})")
+        return 0
+    finally:
+        cleanup()
+
+
+def print_results(val: dict[str, dict[str, float]], *, title: str = "",
+                  console: Console | None = None) -> None:
+    """The val accuracy and MACs of the evaluated widths as a table on stdout."""
+    console = console or Console()
+    if not val:
+        console.print("no evaluation yet (it runs at the end of every epoch)")
+        return
+    table = Table(title=f"val accuracy: {title}" if title else "val accuracy")
+    for col in ("width", "accuracy", "loss", "MACs", "MACs / full"):
+        table.add_column(col, justify="left" if col == "width" else "right")
+    for label, m in val.items():
+        table.add_row(label, f"{m['accuracy']:.2%}", f"{m['loss']:.4f}", _human(m["macs"]),
+                      f"{m['macs_ratio']:.3f}")
+    console.print(table)
+
+
+# ------------------------------------------------------------------------------ quickstart
+
+
+def quickstart_config(root: Path | None = None) -> dict[str, Any]:
+    """A small CafeNet run: ResNet-20 on 10,000 Fashion-MNIST images for 2 epochs."""
+    return {
+        "model": {"name": "resnet20"},
+        "data": {"name": "fashion-mnist", "root": None if root is None else str(root),
+                 "subset": 10_000, "val_subset": 2_000, "batch_size": 128},
+        "supernet": {"pattern": "cafenet", "bins": True},
+        "strategy": {"name": "cafenet"},
+        "optim": {"epochs": 2, "lr": 0.1, "warmup_epochs": 0.3},
+        "train": {"checkpoint_every_steps": 25, "eval_recal_batches": 10},
+    }
+
+
+def _quickstart_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", type=Path, default=QUICKSTART_DIR,
+                   help=f"where the run goes (default: {QUICKSTART_DIR})")
+    p.add_argument("--data", type=Path, help="Fashion-MNIST folder (default: the Debian "
+                   "package location or $WIDTHSEARCH_DATA)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+@command("quickstart", "Train a small CafeNet supernet on Fashion-MNIST (a few minutes on a "
+         "CPU) and print val accuracy at the max, middle and min widths.",
+         _quickstart_arguments)
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from .train.trainer import Trainer
+
+    run_dir: Path = args.run_dir
+    progress = False if args.no_progress else None
+    console = Console(stderr=True)
+    if (run_dir / "config.yaml").exists():
+        overrides = [f"data.root={args.data}"] if args.data is not None else []
+        trainer = Trainer.resume(run_dir, overrides=overrides, progress=progress)
+        if trainer.finished:
+            console.print(f"{run_dir} is finished; its results:")
+        else:
+            console.print(f"resuming {run_dir} at step {trainer.step}/{trainer.total_steps}")
+    else:
+        console.print(f"training a CafeNet supernet (ResNet-20, Fashion-MNIST, 10,000 "
+                      f"images, 2 epochs) into {run_dir}")
+        trainer = Trainer(quickstart_config(args.data), run_dir, progress=progress)
+    result = trainer.fit()
+    print_results(result.val, title=f"{run_dir} (ResNet-20 supernet, Fashion-MNIST)")
+    return 0
+
+
+# ------------------------------------------------------------------------------ inspect
+
+
+def _inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help='a zoo name (resnet20, ...) or "torchvision:<name>"')
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="example input (default: the model's own)")
+    p.add_argument("--num-classes", type=int, help="classifier outputs (default: the model's)")
+    p.add_argument("--in-channels", type=int, help="input channels (default: C of --input-size)")
+    p.add_argument("--pattern", default="leftmost", choices=("leftmost", "cafenet", "bcnet"),
+                   help="width pattern (default: leftmost)")
+    p.add_argument("--min-ratio", type=float, default=0.25, help="smallest width ratio")
+    p.add_argument("--divisions", type=int, default=16, help="about this many widths per group")
+    p.add_argument("--bins", action="store_true",
+                   help="show the FLOPs-sensitive bin space that training searches")
+
+
+@command("inspect", "Show a model's channel groups, their allowed widths and its cost range.",
+         _inspect_arguments)
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import models
+    from .supernet import Supernet
+
+    in_channels = args.in_channels
+    if args.input_size is not None:
+        c, h, w = args.input_size
+        if min(args.input_size) < 1:
+            raise WidthSearchError(f"--input-size must be positive, got {c} {h} {w}")
+        if in_channels is not None and in_channels != c:
+            raise WidthSearchError(f"--in-channels {in_channels} disagrees with --input-size C={c}")
+        in_channels = c
+    else:
+        c, h, w = models.default_input_size(args.model, in_channels)
+    kwargs: dict[str, Any] = {}
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    if in_channels is not None:
+        kwargs["in_channels"] = in_channels
+    model = models.get(args.model, **kwargs)
+    model.eval()
+    console = Console()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = Supernet(model, torch.zeros(1, c, h, w), pattern=args.pattern,
+                       min_ratio=args.min_ratio, divisions=args.divisions)
+        if args.bins:
+            from .bins import apply_bins
+
+            apply_bins(net, min_ratio=args.min_ratio)
+    space = net.space
+
+    table = Table(title=f"{args.model}: {len(space)} channel groups, "
+                        f"{len(space.searchable)} searchable (input {c}x{h}x{w}, "
+                        f"pattern {args.pattern})")
+    for col in ("group", "size", "members", "producers", "widths"):
+        table.add_column(col, justify="right" if col in ("size", "members") else "left",
+                         overflow="fold")
+    for g in space.groups:
+        if g.fixed:
+            widths = f"fixed: {g.fixed}"
+        else:
+            widths = _compact(g.choices) + (f" (step {g.step})" if g.step > 1 else "")
+        table.add_row(g.name, str(g.size), str(len(g.members)),
+                      ", ".join(g.producers) or "-", widths)
+    console.print(table)
+
+    full, small = net.cost(space.max()), net.cost(space.min())
+    costs = Table(title="cost range (batch 1; MACs = multiply-accumulates)")
+    for col in ("", "min config", "max config", "min / full"):
+        costs.add_column(col, justify="left" if not col else "right")
+    ratio = small.ratio(full)
+    costs.add_row("MACs", _human(small.macs), _human(full.macs), f"{ratio['macs']:.3f}")
+    costs.add_row("params", _human(small.params), _human(full.params), f"{ratio['params']:.3f}")
+    costs.add_row("memory (bytes)", _human(small.memory), _human(full.memory),
+                  f"{ratio['memory']:.3f}")
+    console.print(costs)
+    for w in caught:
+        _err(f"warning: {w.message}")
+    return 0
+
+
+def _compact(values: Sequence[int]) -> str:
+    if len(values) <= 6:
+        return ", ".join(map(str, values))
+    return f"{values[0]}, {values[1]}, ..., {values[-2]}, {values[-1]} ({len(values)} widths)"

@@ -1,0 +1,308 @@
+"""The configuration of a training run: typed, every field defaulted, unknown keys refused.
+
+A run is described by one `RunConfig` (sections model, data, supernet, strategy, optim,
+train). It comes from a YAML file or a dict plus command-line overrides ("optim.lr=0.05"),
+and is stored in the run directory as plain YAML (`RunConfig.to_dict()`), so a resumed run
+rebuilds exactly the same objects. Mistakes (a misspelt key, a value out of range, a
+strategy that needs another pattern) become one `WidthSearchError` naming the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import WidthSearchError
+
+__all__ = [
+    "DataConfig", "ModelConfig", "OptimConfig", "RunConfig", "StrategyConfig",
+    "SupernetConfig", "TrainConfig", "apply_overrides", "load_config", "parse_override",
+]
+
+DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "imagefolder")
+STRATEGY_PATTERNS = {"cafenet": "cafenet", "bcnet": "bcnet"}
+"""Strategies that only make sense with one width pattern: strategy name -> pattern."""
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Which network to slim. num_classes / in_channels default to the dataset's."""
+
+    name: str = "resnet20"
+    num_classes: int | None = Field(None, ge=1)
+    in_channels: int | None = Field(None, ge=1)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataConfig(_Section):
+    """The dataset. `batch_size` is per process (the global batch is batch_size x ranks).
+
+    `split_seed` picks the val images held out of train (and is what `build_data` receives
+    as its seed); the order of training batches follows `train.seed`.
+    """
+
+    name: str = "fashion-mnist"
+    root: str | None = None
+    batch_size: int = Field(128, ge=1)
+    val_size: int | float | None = 5000
+    split_seed: int = Field(0, ge=0)
+    subset: int | None = Field(None, ge=1)
+    val_subset: int | None = Field(None, ge=1)
+    augment: bool = True
+    workers: int = Field(2, ge=0)
+    image_size: int | tuple[int, int] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value not in DATASET_NAMES:
+            raise ValueError(f"unknown dataset {value!r}; known: {', '.join(DATASET_NAMES)}")
+        return value
+
+
+class SupernetConfig(_Section):
+    """How the model becomes a supernet: its width pattern and allowed widths.
+
+    With `bins` on, widths move in FLOPs-sensitive bins (CafeNet) between `min_bin` and
+    `max_bin` channels; `r` is the CafeNet free-zone offset in bins.
+    """
+
+    pattern: Literal["leftmost", "cafenet", "bcnet"] = "cafenet"
+    min_ratio: float = Field(0.25, gt=0.0, le=1.0)
+    divisions: int = Field(16, ge=1)
+    bins: bool = True
+    min_bin: int = Field(1, ge=1)
+    max_bin: int | None = Field(None, ge=1)
+    r: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _bin_range(self) -> SupernetConfig:
+        if self.max_bin is not None and self.max_bin < self.min_bin:
+            raise ValueError(f"max_bin ({self.max_bin}) is below min_bin ({self.min_bin})")
+        return self
+
+
+class StrategyConfig(_Section):
+    """The training method (`train.strategies.build_strategy(name, **options)`)."""
+
+    name: str = "cafenet"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _buildable(self) -> StrategyConfig:
+        """Unknown strategies and options fail here, before any data is loaded."""
+        from .train.strategies import build_strategy
+
+        try:
+            build_strategy(self.name, **self.options)
+        except WidthSearchError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+
+class OptimConfig(_Section):
+    """Optimizer and schedule: cosine decay after a linear warm-up, stepped per iteration.
+
+    Weight decay is not applied to norms and biases (parameters with ndim <= 1).
+    """
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0.0)
+    epochs: int = Field(5, ge=1)
+    warmup_epochs: float = Field(0.5, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    grad_clip: float | None = Field(None, gt=0.0)
+
+
+class TrainConfig(_Section):
+    """The loop: seed, device, checkpointing, evaluation and logging cadence.
+
+    `checkpoint_every_steps` = 0 keeps only the end-of-epoch checkpoints. `amp` runs mixed
+    precision where the device supports it (CUDA); on CPU it is ignored with a warning.
+    """
+
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+    amp: bool = False
+    checkpoint_every_steps: int = Field(200, ge=0)
+    keep_checkpoints: int = Field(3, ge=1)
+    eval_recal_batches: int = Field(20, ge=0)
+    eval_max_batches: int | None = Field(None, ge=1)
+    log_every_steps: int = Field(10, ge=1)
+    threads: int | None = Field(None, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE_RE.match(value):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', not {value!r}")
+        return value
+
+
+class RunConfig(_Section):
+    """Everything a training run needs; `to_dict()` is what config.yaml holds."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    supernet: SupernetConfig = Field(default_factory=SupernetConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> RunConfig:
+        needed = STRATEGY_PATTERNS.get(self.strategy.name)
+        if needed is not None and self.supernet.pattern != needed:
+            raise ValueError(
+                f"strategy {self.strategy.name!r} needs supernet.pattern={needed!r}, "
+                f"not {self.supernet.pattern!r}"
+            )
+        if self.optim.name == "sgd" and self.optim.nesterov and self.optim.momentum == 0:
+            raise ValueError("Nesterov SGD needs optim.momentum > 0 (or set optim.nesterov=false)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON data (lists for tuples) that `load_config` turns back into this."""
+        return self.model_dump(mode="json")
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def load_config(
+    source: str | os.PathLike[str] | Mapping[str, Any] | RunConfig | None = None,
+    overrides: Sequence[str] = (),
+) -> RunConfig:
+    """A validated RunConfig from a YAML file, a dict (or nothing: all defaults), then overrides.
+
+    `overrides` are "section.key=value" strings; the value is parsed as YAML, so
+    `optim.lr=0.05`, `data.subset=null`, `data.augment=false`, `model.kwargs.width_mult=0.5`
+    and `data.image_size=[32,32]` all do what they say.
+    """
+    if source is None:
+        data: dict[str, Any] = {}
+    elif isinstance(source, RunConfig):
+        data = source.to_dict()
+    elif isinstance(source, Mapping):
+        data = _plain(source)
+    else:
+        data = _read_yaml(Path(source))
+    data = apply_overrides(data, overrides)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise WidthSearchError(f"invalid config: {format_validation_error(e)}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise WidthSearchError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise WidthSearchError(f"config file {path} is a directory") from None
+    except OSError as e:
+        raise WidthSearchError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = ""
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})"
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise WidthSearchError(f"{path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise WidthSearchError(f"{path} must hold a mapping of sections, not a {type(data).__name__}")
+    return data
+
+
+def _plain(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of nested mappings as dicts, so overrides never touch the caller's data."""
+    return {k: _plain(v) if isinstance(v, Mapping) else v for k, v in mapping.items()}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """"a.b=value" -> (["a", "b"], value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise WidthSearchError(f"override {text!r} must look like section.key=value")
+    path = key.split(".")
+    if any(not part for part in path):
+        raise WidthSearchError(f"override {text!r} has an empty key in {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw  # not YAML: keep the text (e.g. a path with a colon and spaces)
+    return path, value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of `data` with each "a.b=value" override set (creating nested mappings)."""
+    out = _plain(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise WidthSearchError(f"override {text!r}: {where} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """pydantic's report shortened to "field.path: message" items on one line."""
+    items = []
+    for err in error.errors():
+        loc = [str(p) for p in err["loc"]]
+        where = ".".join(loc) or "config"
+        if err["type"] == "extra_forbidden":
+            message = "unknown key" + _suggestion(loc)
+        else:
+            message = err["msg"]
+            if message.startswith("Value error, "):  # our own validators name the value
+                message = message[len("Value error, "):]
+            elif loc and not _is_container(err.get("input")):
+                message += f" (got {err.get('input')!r})"
+        items.append(f"{where}: {message}" if loc else message)
+    return "; ".join(dict.fromkeys(items))
+
+
+def _is_container(value: Any) -> bool:
+    return isinstance(value, (dict, list, tuple))
+
+
+def _suggestion(loc: list[str]) -> str:
+    """" (did you mean 'lr'?)" for a misspelt key, from the fields of its section."""
+    model: type[BaseModel] | None = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if model else None
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
+    known = ", ".join(model.model_fields)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {known})"

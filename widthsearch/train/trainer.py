@@ -1,0 +1,691 @@
+"""The training loop: data, supernet, optimizer, schedule, checkpoints, devices, ranks.
+
+The research logic (which widths a step trains, with which losses) lives in a Strategy
+(`strategies.py`); the Trainer owns everything around it (Lightning's split):
+
+    per step:  seed a generator with (seed, step)   -> every rank draws the same widths
+               zero grads; strategy.step(...)        -> forward + backward of all its widths
+               average grads and BN stats over ranks -> (no DDP wrapper: see distributed.py)
+               clip, optimizer step, LR schedule step (cosine after a linear warm-up)
+    per log step:   a "train" record in metrics.jsonl (and TensorBoard if installed)
+    every N steps:  an atomic checkpoint (model, optimizer, scheduler, strategy, RNGs,
+                    data position) that loads with torch.load(weights_only=True)
+    per epoch:      val loss / accuracy at the max, middle and min widths after BN
+                    recalibration (BN buffers restored afterwards), an "epoch" record
+                    and a checkpoint
+
+A run killed at any point resumes from its newest checkpoint with `Trainer.resume(run_dir)`
+and ends with exactly the weights of an uninterrupted run (DESIGN invariant 5). Ctrl-C (or
+SIGTERM) stops at the next step boundary, saves a checkpoint and raises
+`TrainingInterrupted`; a second Ctrl-C aborts at once. The test split is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from .. import models
+from ..bins import apply_bins
+from ..config import RunConfig, load_config
+from ..data import DataBundle, FolderLoader, TensorLoader, build_data, example_input
+from ..errors import WidthSearchError
+from ..patterns import LocallyFree, Pattern
+from ..runs import RunDir, capture_rng_state, restore_rng_state
+from ..space import WidthConfig
+from ..supernet import Supernet
+from .bn import evaluate
+from .distributed import (
+    DistInfo,
+    all_reduce_mean,
+    average_buffers,
+    average_gradients,
+    barrier,
+    broadcast_module,
+    init_distributed,
+)
+from .strategies import build_strategy, identity
+
+__all__ = [
+    "EVAL_WIDTHS", "FitResult", "Trainer", "TrainingInterrupted", "build_optimizer",
+    "build_scheduler", "derive_seed", "lr_factor", "step_generator",
+]
+
+CHECKPOINT_FORMAT = 1
+EVAL_WIDTHS = ("max", "mid", "min")
+"""The widths evaluated after every epoch: full, every group near half, every group minimal."""
+RESUME_OVERRIDABLE = {
+    "train.device", "train.amp", "train.threads", "train.log_every_steps",
+    "train.checkpoint_every_steps", "train.keep_checkpoints", "train.eval_recal_batches",
+    "train.eval_max_batches", "data.root", "data.workers",
+}
+"""Settings a resumed run may change: they do not change what the run computes."""
+
+_SEED_STEP, _SEED_SHUFFLE, _SEED_RECAL = 0, 1, 2
+
+
+# ------------------------------------------------------------------------------ seeds, schedule
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A well-mixed 63-bit seed from (seed, keys...), e.g. (run seed, purpose, step)."""
+    state = np.random.SeedSequence([int(seed), *(int(k) for k in keys)]).generate_state(2)
+    return (int(state[0]) << 31 ^ int(state[1])) & (2**63 - 1)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of step `step`: the same on every rank and after a resume."""
+    return torch.Generator().manual_seed(derive_seed(seed, _SEED_STEP, step))
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Multiplier of the base LR at `step`: linear warm-up to 1, then cosine decay to 0."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(net: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW; no weight decay on norms and biases (ndim <= 1)."""
+    o = config.optim
+    params = [p for p in net.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": o.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum,
+                               nesterov=o.nesterov and o.momentum > 0)
+    return torch.optim.AdamW(groups, lr=o.lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int,
+                    warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration LambdaLR following `lr_factor`."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup_steps))
+
+
+# ------------------------------------------------------------------------------ results
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM stopped training at a step boundary after saving a checkpoint."""
+
+    def __init__(self, run_dir: Path | None, step: int, checkpoint: Path | None) -> None:
+        super().__init__(f"training interrupted at step {step}")
+        self.run_dir, self.step, self.checkpoint = run_dir, step, checkpoint
+
+
+@dataclasses.dataclass
+class FitResult:
+    """Where training stands after `fit` returns."""
+
+    run_dir: Path | None
+    step: int
+    total_steps: int
+    epoch: int
+    finished: bool
+    val: dict[str, dict[str, float]]
+    """Last evaluation: width label ("max"/"mid"/"min") -> loss, accuracy, macs, macs_ratio."""
+    train_loss: list[float]
+    """Mean training loss (the strategy's "loss" metric) of every finished epoch."""
+    steps_per_second: float
+    checkpoint: Path | None
+
+
+class _NoTestSplit:
+    """Stands in for the test loader inside the trainer: training must never read it."""
+
+    def __iter__(self) -> Iterator[Any]:
+        raise WidthSearchError("the test split is reserved for the final report "
+                               "(DESIGN invariant 4); training and search use val")
+
+    def __len__(self) -> int:
+        return 0
+
+
+class _Precision:
+    """Mixed precision where the device has it: CUDA bf16, else fp16 with loss scaling.
+
+    Strategies run their own backward passes, so fp16 loss scaling cannot scale "the loss";
+    it scales the gradient flowing into the network's output instead (every parameter
+    gradient passes through it, so the effect is the same), via a forward hook.
+    """
+
+    def __init__(self, enabled: bool, device: torch.device, net: nn.Module) -> None:
+        self.dtype: torch.dtype | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self.device = device
+        if enabled and device.type != "cuda":
+            warnings.warn("train.amp is ignored on CPU: mixed precision runs on CUDA only",
+                          stacklevel=3)
+        elif enabled:
+            if torch.cuda.is_bf16_supported():
+                self.dtype = torch.bfloat16
+            else:
+                self.dtype = torch.float16
+                self.scaler = torch.amp.GradScaler("cuda")
+                net.register_forward_hook(self._scale_output_grad)
+
+    def _scale_output_grad(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        if self.scaler is not None and isinstance(output, torch.Tensor) and output.requires_grad:
+            scaler = self.scaler
+            output.register_hook(lambda g: scaler.scale(g.float()))
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return None if self.scaler is None else dict(self.scaler.state_dict())
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
+
+
+class _StopFlag:
+    """Turns the first SIGINT / SIGTERM into a request to stop at the next step boundary."""
+
+    def __init__(self, console: Console, is_main: bool) -> None:
+        self.requested = False
+        self.console, self.is_main = console, is_main
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.is_main:
+            self.console.print("[yellow]stopping after this step and saving a checkpoint "
+                               "(press Ctrl-C again to abort without saving)[/yellow]")
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class _Window:
+    """Running means of step metrics since the last log line."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.images = 0
+        self.start = time.perf_counter()
+
+    def add(self, metrics: Mapping[str, float], images: int) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.count += 1
+        self.images += images
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(1, self.count) for k, v in self.sums.items()}
+
+    def images_per_second(self) -> float:
+        return self.images / max(1e-9, time.perf_counter() - self.start)
+
+
+# ------------------------------------------------------------------------------ the trainer
+
+
+class Trainer:
+    """Trains one supernet as `config` says, writing into `run_dir` (rank 0 only).
+
+    Args:
+        config: a RunConfig, or a dict / YAML path for `load_config`.
+        run_dir: a new run directory (refused if it already holds a run: use `resume`);
+            None trains without writing anything (no checkpoints, no metrics).
+        dist: this process's rank and device (default: `init_distributed(train.device)`,
+            which joins the torchrun job if there is one).
+        console: where progress and summaries go (rank 0 only).
+        progress: show the progress bar (default: when the console is a terminal).
+    """
+
+    def __init__(self, config: RunConfig | Mapping[str, Any] | str | Path,
+                 run_dir: str | Path | None = None, *, dist: DistInfo | None = None,
+                 console: Console | None = None, progress: bool | None = None,
+                 _existing: RunDir | None = None) -> None:
+        self.config = config if isinstance(config, RunConfig) else load_config(config)
+        cfg = self.config
+        if run_dir is not None and _existing is None and RunDir(run_dir).config_path.exists():
+            raise WidthSearchError(f"{run_dir} already holds a run; resume it (widthsearch "
+                                   f"train --resume {run_dir}) or choose another directory")
+        self.dist = dist if dist is not None else init_distributed(cfg.train.device)
+        self.device = self.dist.device
+        self.console = console if console is not None else Console(stderr=True)
+        self.show_progress = progress
+        self.on_step: list[Callable[[Trainer, dict[str, float]], None]] = []
+        """Called after every optimizer step with (trainer, step metrics); for tests/hooks."""
+        if cfg.train.threads is not None:
+            torch.set_num_threads(cfg.train.threads)
+        _seed_everything(cfg.train.seed)
+
+        self.data = self._build_data()
+        self.net = self._build_supernet()
+        self.strategy = build_strategy(cfg.strategy.name, **cfg.strategy.options)
+        self.strategy.check(self.net)
+        self.params = [p for p in self.net.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.net, cfg)
+        self.steps_per_epoch = len(self.data.train)
+        self.total_steps = cfg.optim.epochs * self.steps_per_epoch
+        self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.warmup_steps)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        self.precision = _Precision(cfg.train.amp, self.device, self.net)
+        self.reduce_mean = all_reduce_mean if self.dist.distributed else identity
+
+        self.step = 0
+        self.finished = False
+        self.val: dict[str, dict[str, float]] = {}
+        self.last_checkpoint: Path | None = None
+        self._epoch_losses: list[float] = []
+        self._train_losses: list[float] = []
+
+        if _existing is not None:
+            self.run: RunDir | None = _existing
+        elif run_dir is not None:
+            self.run = RunDir.create(run_dir, cfg.to_dict(), rank=self.dist.rank)
+            barrier()
+        else:
+            self.run = None
+        self._tb = self._tensorboard()
+
+    # -- construction ------------------------------------------------------------------------
+    def _build_data(self) -> DataBundle:
+        """Loaders on this rank's device. The val split is drawn with data.split_seed (the
+        seed build_data receives); the train loader is then reseeded from train.seed, so
+        changing the run seed changes the batch order but not which images are val."""
+        d = self.config.data
+        bundle = build_data(d.name, d.root, batch_size=d.batch_size, val_size=d.val_size,
+                            seed=d.split_seed, subset=d.subset, val_subset=d.val_subset,
+                            augment=d.augment, image_size=d.image_size, workers=d.workers,
+                            rank=self.dist.rank, world_size=self.dist.world_size,
+                            device=self.device)
+        if bundle.train.generator is not None:
+            bundle.train.generator.manual_seed(derive_seed(self.config.train.seed, _SEED_SHUFFLE))
+        return dataclasses.replace(bundle, test=_NoTestSplit())  # type: ignore[arg-type]
+
+    def _build_supernet(self) -> Supernet:
+        cfg, m = self.config, self.config.model
+        kwargs = dict(m.kwargs)
+        for key in ("num_classes", "in_channels"):
+            if key in kwargs:
+                raise WidthSearchError(f"set model.{key}, not model.kwargs.{key}")
+        if m.num_classes is not None and m.num_classes < self.data.num_classes:
+            raise WidthSearchError(f"model.num_classes={m.num_classes} but {self.data.name} "
+                                   f"has {self.data.num_classes} classes")
+        kwargs["num_classes"] = m.num_classes or self.data.num_classes
+        kwargs["in_channels"] = m.in_channels or self.data.in_channels
+        if kwargs["in_channels"] != self.data.in_channels:
+            raise WidthSearchError(f"model.in_channels={kwargs['in_channels']} but "
+                                   f"{self.data.name} images have {self.data.in_channels}")
+        model = models.get(m.name, **kwargs)
+        s = cfg.supernet
+        pattern: str | Pattern = LocallyFree(s.r) if s.pattern == "cafenet" else s.pattern
+        with warnings.catch_warnings():
+            if not self.dist.is_main:  # discovery warnings once, not once per rank
+                warnings.simplefilter("ignore")
+            net = Supernet(model, example_input(self.data), pattern=pattern,
+                           min_ratio=s.min_ratio, divisions=s.divisions)
+        if s.bins:
+            apply_bins(net, min_ratio=s.min_ratio, min_bin=s.min_bin, max_bin=s.max_bin)
+        net.to(self.device)
+        broadcast_module(net)  # identical start on every rank (seeded alike anyway)
+        return net
+
+    def _tensorboard(self) -> Any:
+        if self.run is None or not self.dist.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return None
+        return SummaryWriter(str(self.run.path / "tensorboard"))
+
+    # -- resume ------------------------------------------------------------------------------
+    @classmethod
+    def resume(cls, run_dir: str | Path, *, overrides: Sequence[str] = (),
+               dist: DistInfo | None = None, console: Console | None = None,
+               progress: bool | None = None) -> Trainer:
+        """Rebuild the run in `run_dir` from its config.yaml and newest checkpoint.
+
+        `overrides` may change only settings that do not change the computation
+        (RESUME_OVERRIDABLE: device, threads, logging and checkpoint cadence, data root).
+        A run without a checkpoint yet starts from step 0.
+        """
+        probe = RunDir.open(run_dir)
+        for text in overrides:
+            key = text.partition("=")[0].strip()
+            if key not in RESUME_OVERRIDABLE:
+                raise WidthSearchError(
+                    f"cannot change {key} when resuming (it would change the run); allowed: "
+                    + ", ".join(sorted(RESUME_OVERRIDABLE)))
+        config = load_config(probe.read_config(), overrides)
+        if dist is None:
+            dist = init_distributed(config.train.device)
+        run = RunDir.open(run_dir, rank=dist.rank)
+        trainer = cls(config, dist=dist, console=console, progress=progress, _existing=run)
+        if run.latest_checkpoint() is None:
+            run.metrics.truncate_after(0)
+        else:
+            trainer.load_state(run.load_checkpoint())
+        barrier()
+        return trainer
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        """Epochs completed."""
+        return self.step // max(1, self.steps_per_epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs, as tensors and plain values (weights_only-loadable)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "epoch": self.epoch,
+            "total_steps": self.total_steps,
+            "finished": self.finished,
+            "world_size": self.dist.world_size,
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "scaler": self.precision.state_dict(),
+            "train_loader": self.data.train.state_dict(),
+            "rng": capture_rng_state(),
+            "val": {k: dict(v) for k, v in self.val.items()},
+            "epoch_losses": list(self._epoch_losses),
+            "train_losses": list(self._train_losses),
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore a `state_dict()` (the RNGs last, so nothing after them draws)."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise WidthSearchError(f"checkpoint format {state.get('format')!r} is not "
+                                   f"{CHECKPOINT_FORMAT}; it was written by another version")
+        if state["total_steps"] != self.total_steps:
+            raise WidthSearchError(
+                f"the checkpoint is from a run of {state['total_steps']} steps but this "
+                f"config gives {self.total_steps}; resume with the run's own config")
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.precision.load_state_dict(state.get("scaler"))
+        self.data.train.load_state_dict(state["train_loader"])
+        self.step = int(state["step"])
+        self.finished = bool(state["finished"])
+        self.val = {k: dict(v) for k, v in state.get("val", {}).items()}
+        self._epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
+        self._train_losses = [float(v) for v in state.get("train_losses", [])]
+        if self.run is not None:
+            self.run.metrics.truncate_after(self.step)
+        restore_rng_state(state["rng"])
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0; other ranks return None)."""
+        if self.run is None:
+            return None
+        path = self.run.save_checkpoint(self.state_dict(), self.step,
+                                        keep=self.config.train.keep_checkpoints)
+        self.last_checkpoint = path if path is not None else self.run.checkpoint_path(self.step)
+        return path
+
+    # -- the loop ----------------------------------------------------------------------------
+    def fit(self, max_steps: int | None = None) -> FitResult:
+        """Train until the configured epochs are done (or `max_steps` in total).
+
+        Stopping at `max_steps` saves a checkpoint, so `resume` can continue the run.
+        Raises TrainingInterrupted after Ctrl-C / SIGTERM (a checkpoint is saved first).
+        """
+        stop_at = self.total_steps if max_steps is None else min(self.total_steps, max_steps)
+        start_step, start_time = self.step, time.perf_counter()
+        if self.finished or self.step >= stop_at:
+            return self._result(start_step, start_time)
+        is_main = self.dist.is_main
+        if self.run is not None and is_main:
+            self.run.metrics.log(kind="start", step=self.step, resumed=self.step > 0,
+                                 world_size=self.dist.world_size, device=str(self.device))
+        # A loader left mid-epoch (an earlier fit stopped at max_steps) would start a new
+        # epoch on its next iteration; reloading its own state continues where it stopped.
+        self.data.train.load_state_dict(self.data.train.state_dict())
+        stop = _StopFlag(self.console, is_main)
+        interrupted = False
+        window = _Window()
+        with stop, self._progress_bar() as bar:
+            task = bar.add_task("train", total=self.total_steps, completed=self.step,
+                                epoch=self.epoch + 1, loss=float("nan"), lr=self._lr(), ips=0.0)
+            while self.step < stop_at and not interrupted:
+                for x, y in self.data.train:
+                    metrics = self._train_step(x, y)
+                    self.step += 1
+                    window.add(metrics, len(y) * self.dist.world_size)
+                    self._epoch_losses.append(metrics["loss"])
+                    for hook in self.on_step:
+                        hook(self, metrics)
+                    bar.update(task, completed=self.step, loss=metrics["loss"], lr=self._lr(),
+                               ips=window.images_per_second(), epoch=self.epoch + 1)
+                    if self.step % self.config.train.log_every_steps == 0:
+                        self._log_train(window)
+                        window = _Window()
+                    saved = False
+                    if self.step % self.steps_per_epoch == 0:
+                        self._end_epoch()
+                        saved = True
+                    elif (self.config.train.checkpoint_every_steps
+                          and self.step % self.config.train.checkpoint_every_steps == 0):
+                        self.save_checkpoint()
+                        saved = True
+                    interrupted = self._agree(stop.requested)
+                    if interrupted or self.step >= stop_at:
+                        if not saved:
+                            self.save_checkpoint()
+                        break
+        if self._tb is not None:
+            self._tb.flush()
+        if interrupted:
+            if self.run is not None and is_main:
+                self.run.metrics.log(kind="interrupted", step=self.step)
+            barrier()
+            raise TrainingInterrupted(self.run.path if self.run else None, self.step,
+                                      self.last_checkpoint)
+        barrier()
+        return self._result(start_step, start_time)
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        self.net.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        generator = step_generator(self.config.train.seed, self.step)
+        with self.precision.autocast():
+            metrics = self.strategy.step(self.net, x, y, loss_fn=self.loss_fn,
+                                         generator=generator, reduce_mean=self.reduce_mean)
+        if not math.isfinite(metrics["loss"]):
+            raise WidthSearchError(
+                f"training diverged at step {self.step} (loss {metrics['loss']}); lower "
+                "optim.lr or set optim.grad_clip, then resume from the last checkpoint "
+                "or start a new run")
+        if self.dist.distributed:
+            average_gradients(self.params)
+            average_buffers(self.net)
+        self.precision.unscale(self.optimizer)
+        if self.config.optim.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.grad_clip)
+            metrics["grad_norm"] = float(norm)
+        self.precision.step(self.optimizer)
+        self.scheduler.step()
+        return metrics
+
+    def _agree(self, requested: bool) -> bool:
+        """Whether any rank was asked to stop (all ranks must stop at the same step)."""
+        if not self.dist.distributed:
+            return requested
+        flag = torch.tensor([float(requested)], device=self.device)
+        return bool(self.reduce_mean(flag).item() > 0)
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _end_epoch(self) -> None:
+        epoch_loss = float(np.mean(self._epoch_losses)) if self._epoch_losses else float("nan")
+        self._epoch_losses = []
+        self._train_losses.append(epoch_loss)
+        started = time.perf_counter()
+        if self.dist.is_main:
+            self.val = self.evaluate_widths()
+        barrier()
+        if self.step >= self.total_steps:
+            self.finished = True
+        if self.run is not None and self.dist.is_main:
+            self.run.metrics.log(kind="epoch", step=self.step, epoch=self.epoch,
+                                 train_loss=epoch_loss, lr=self._lr(),
+                                 eval_seconds=time.perf_counter() - started, val=self.val)
+        if self._tb is not None:
+            for label, m in self.val.items():
+                self._tb.add_scalar(f"val/{label}_accuracy", m["accuracy"], self.step)
+                self._tb.add_scalar(f"val/{label}_loss", m["loss"], self.step)
+        if self.dist.is_main:
+            parts = [f"{label} {m['accuracy']:.2%}" for label, m in self.val.items()]
+            self.console.print(f"epoch {self.epoch}/{self.config.optim.epochs}: train loss "
+                               f"{epoch_loss:.4f}; val accuracy " + ", ".join(parts))
+        self.save_checkpoint()
+        if self.finished:
+            self._save_weights()
+            if self._tb is not None:
+                self._tb.close()
+
+    def _log_train(self, window: _Window) -> None:
+        record = {"kind": "train", "step": self.step, "epoch": self.step / self.steps_per_epoch,
+                  "lr": self._lr(), "images_per_s": window.images_per_second(),
+                  **window.means()}
+        if self.run is not None:
+            self.run.metrics.log(**record)
+        if self._tb is not None:
+            for k, v in record.items():
+                if k not in ("kind", "step"):
+                    self._tb.add_scalar(f"train/{k}", v, self.step)
+
+    def _save_weights(self) -> None:
+        """The final supernet weights as safetensors (plain tensors, no pickle)."""
+        if self.run is None or not self.dist.is_main:
+            return
+        from safetensors.torch import save
+
+        from ..runs import atomic_write_bytes
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        atomic_write_bytes(self.run.path / "supernet.safetensors",
+                           save(tensors, metadata={"step": str(self.step)}))
+
+    # -- evaluation --------------------------------------------------------------------------
+    def eval_configs(self) -> dict[str, WidthConfig]:
+        """The widths evaluated after each epoch (EVAL_WIDTHS)."""
+        space = self.net.space
+        return {"max": space.max(), "mid": space.uniform(0.5), "min": space.min()}
+
+    def evaluate_widths(self) -> dict[str, dict[str, float]]:
+        """Val loss / accuracy at each of `eval_configs()` (leftmost channels), after BN
+        recalibration on training images; BN statistics and RNGs are left as they were."""
+        t = self.config.train
+        full = self.net.cost(self.net.space.max())
+        results = {}
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            for label, cfg in self.eval_configs().items():
+                m = evaluate(self.net, cfg, None, self.data.val, t.eval_recal_batches,
+                             self._recal_loader(), t.eval_max_batches, loss_fn=None)
+                cost = self.net.cost(cfg)
+                results[label] = {"loss": m["loss"], "accuracy": m["accuracy"],
+                                  "macs": float(cost.macs),
+                                  "macs_ratio": cost.macs / full.macs if full.macs else 0.0}
+        return results
+
+    def _recal_loader(self) -> TensorLoader | FolderLoader:
+        """Training images for BN recalibration, in a fixed order and without augmentation,
+        so every evaluation recalibrates on the same batches and the training loader's
+        position is untouched."""
+        train = self.data.train
+        generator = torch.Generator().manual_seed(derive_seed(self.config.train.seed, _SEED_RECAL))
+        if isinstance(train, TensorLoader):
+            return TensorLoader(train.images, train.labels, train.batch_size, shuffle=True,
+                                augment=False, generator=generator, device=self.device,
+                                mean=self.data.mean, std=self.data.std)
+        return FolderLoader(train.dataset, train.batch_size, shuffle=True, generator=generator,
+                            device=self.device, workers=train.workers)
+
+    # -- output ------------------------------------------------------------------------------
+    def _progress_bar(self) -> Progress:
+        show = self.show_progress
+        if show is None:
+            show = self.console.is_terminal
+        return Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("lr {task.fields[lr]:.2e}"),
+            TextColumn("{task.fields[ips]:.0f} img/s"), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(),
+            console=self.console, disable=not (show and self.dist.is_main), transient=False,
+        )
+
+    def _result(self, start_step: int, start_time: float) -> FitResult:
+        elapsed = time.perf_counter() - start_time
+        done = self.step - start_step
+        return FitResult(
+            run_dir=self.run.path if self.run else None, step=self.step,
+            total_steps=self.total_steps, epoch=self.epoch, finished=self.finished,
+            val={k: dict(v) for k, v in self.val.items()}, train_loss=list(self._train_losses),
+            steps_per_second=done / elapsed if done and elapsed > 0 else 0.0,
+            checkpoint=self.last_checkpoint or (self.run.latest_checkpoint() if self.run else None),
+        )
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
