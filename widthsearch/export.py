@@ -84,11 +84,21 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
 
         model = get(record["model"], **record["model_kwargs"])
     for name, spec in record["shapes"].items():
-        model.set_submodule(name, shrink(model.get_submodule(name), spec))
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            raise WidthSearchError(
+                f"{weights} resizes layer {name!r}, which {type(model).__name__} does not "
+                "have; pass the full-size model the subnet was exported from"
+            ) from None
+        model.set_submodule(name, shrink(layer, spec))
     if not weights.exists():
         raise WidthSearchError(f"{weights} is missing")
     state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise WidthSearchError(f"{weights} does not fit the rebuilt model: {err}") from None
     if missing or unexpected:
         raise WidthSearchError(
             f"{weights} does not fit the rebuilt model (missing {missing[:3]}, "

@@ -205,12 +205,11 @@ class RuleContext:
     def fix(self, layout: Layout | None, why: str) -> None:
         self.builder.fix(layout, f"{self.name}: {why}")
 
-    def fixed_output(self, why: str) -> Layout | None:
-        """The output as fresh fixed channels (for ops whose channels we cannot follow)."""
+    def fixed_output(self, why: str, dim: int = 1) -> Layout | None:
+        """The output's axis `dim` as fresh fixed channels (for ops we cannot follow)."""
         shape = self.out_shape
         if shape is None or len(shape) < 2:
             return None
-        dim = 1
         return Layout(dim, (self.new_space(shape[dim], fixed=f"{self.name}: {why}"),))
 
 
@@ -473,9 +472,16 @@ def _module_output(ctx: RuleContext, size: int, dim: int) -> Layout:
     return Layout(dim, out.segments)
 
 
-def _fixed_in_out(ctx: RuleContext, x: Traced, why: str) -> Layout | None:
+def _fixed_in_out(ctx: RuleContext, x: Traced, why: str, dim: int = 1) -> Layout | None:
     ctx.fix(x.layout, why)
-    return ctx.fixed_output(why)
+    return ctx.fixed_output(why, dim)
+
+
+def _on_axis(x: Traced, dim: int) -> Traced:
+    """`x` as a layer reads it: channels on another axis are not the layer's input width."""
+    if x.layout is None or x.layout.dim == dim:
+        return x
+    return Traced(x.shape, None, x.constant)
 
 
 @register_rule(nn.Conv2d)
@@ -500,7 +506,7 @@ def conv2d_rule(ctx: RuleContext) -> Layout | None:
         out = _fixed_in_out(ctx, x, f"grouped convolution (groups={conv.groups})")
     kind = ctx.builder.bindings.get(ctx.name, ("fixed-conv",))[0]
     ctx.builder.layers.append(
-        (ctx.name, kind, x, Traced(out_shape, out), positions, kernel, conv.groups)
+        (ctx.name, kind, _on_axis(x, 1), Traced(out_shape, out), positions, kernel, conv.groups)
     )
     return out
 
@@ -514,15 +520,15 @@ def linear_rule(ctx: RuleContext) -> Layout | None:
     last = len(x.shape) - 1
     positions = math.prod(out_shape[1:-1]) if len(out_shape) > 2 else 1
     if x.layout is None or x.layout.dim != last:
-        out = _fixed_in_out(ctx, x, "linear layer over an unfollowed feature axis")
-        if out is not None and out.dim != last:
-            out = Layout(last, out.segments)
+        out = _fixed_in_out(ctx, x, "linear layer over an unfollowed feature axis", dim=last)
     else:
         out = _module_output(ctx, lin.out_features, last)
         ctx.builder.note(ctx.builder.consumers, x.layout, ctx.name)
         _bind(ctx, "linear", x.layout, out)
     kind = ctx.builder.bindings.get(ctx.name, ("fixed-linear",))[0]
-    ctx.builder.layers.append((ctx.name, kind, x, Traced(out_shape, out), positions, 1, 1))
+    ctx.builder.layers.append(
+        (ctx.name, kind, _on_axis(x, last), Traced(out_shape, out), positions, 1, 1)
+    )
     return out
 
 
@@ -567,7 +573,6 @@ PASSTHROUGH_FUNCTIONS: tuple[Any, ...] = (
 PASSTHROUGH_METHODS: tuple[str, ...] = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "contiguous",
     "clone", "detach", "float", "half", "to", "type_as", "abs", "neg", "exp", "sqrt", "square",
-    "hardswish",
 )
 
 

@@ -223,9 +223,19 @@ class WidthSpace:
         return np.array([g.choices.index(cfg[g.name]) for g in self.groups], dtype=np.int64)
 
     def from_indices(self, indices: Sequence[int] | np.ndarray) -> WidthConfig:
-        return WidthConfig(
-            {g.name: g.choices[int(i)] for g, i in zip(self.groups, indices, strict=True)}
-        )
+        if len(indices) != len(self.groups):
+            raise WidthSearchError(
+                f"an index vector needs {len(self.groups)} entries, got {len(indices)}"
+            )
+        widths = {}
+        for g, i in zip(self.groups, indices, strict=True):
+            if not 0 <= int(i) < len(g.choices):  # a negative index would silently wrap
+                raise WidthSearchError(
+                    f"choice index {int(i)} is out of range for group {g.name!r} "
+                    f"({len(g.choices)} widths)"
+                )
+            widths[g.name] = g.choices[int(i)]
+        return WidthConfig(widths)
 
     def widths_of_indices(self, indices: np.ndarray) -> np.ndarray:
         """Choice indices (n, groups) to widths (n, groups), vectorized."""
