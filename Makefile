@@ -30,7 +30,8 @@ coverage: $(STAMP)
 	$(PY) -m widthsearch coverage --out docs/coverage.md
 
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) bench/bench_core.py --out bench/results/core.json
+	$(PY) bench/bench_train.py --out bench/results/train.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
