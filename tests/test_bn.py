@@ -4,7 +4,6 @@ narrow width's accuracy over stale full-width statistics, and can be undone with
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,6 @@ from widthsearch.train.bn import bn_modules, bn_state, evaluate, load_bn_state, 
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_strategies import fashion_images, supernet, train_epochs  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

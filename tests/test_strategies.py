@@ -5,7 +5,6 @@ alternates complementary widths and resumes; the registry rejects what it does n
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,14 +46,6 @@ def fashion_images(n: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]
     y_t = torch.randint(0, 10, (n,), generator=g)
     return templates[y_t] + 0.8 * torch.randn(n, 1, 28, 28, generator=g), y_t
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Busy CI cores: one intra-op thread is faster and steadier than two fighting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def supernet(pattern: object = "leftmost", width_mult: float = 0.5) -> ws.Supernet:
