@@ -322,6 +322,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _coverage_arguments(p: argparse.ArgumentParser) -> None:
+    from .coverage import add_arguments
+
+    add_arguments(p)
+
+
+@command("coverage", "Convert and verify every torchvision classification model and write the "
+         "coverage table (docs/coverage.md).", _coverage_arguments)
+def cmd_coverage(args: argparse.Namespace) -> int:
+    from .coverage import main_args
+
+    return main_args(args)
+
+
 def _compact(values: Sequence[int]) -> str:
     if len(values) <= 6:
         return ", ".join(map(str, values))

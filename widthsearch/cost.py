@@ -2,8 +2,10 @@
 
 Every cost is a function of the groups' widths that discovery recorded at trace time:
 - MACs: sum over conv / linear calls of positions * kernel * out_width * in_width / groups
-  (depthwise: positions * kernel * width). Norms, activations, pooling and additions are
-  not counted, as torch.utils.flop_counter does not count them.
+  (depthwise and grouped with in = out: positions * kernel * width * channels per conv
+  group), plus the MACs discovery measured for ops no layer record models (attention,
+  matmul; their channels are fixed). Norms, activations, pooling and additions are not
+  counted, as torch.utils.flop_counter does not count them.
 - params: every parameter of the model; sliced layers' counts follow their widths.
 - memory: the peak activation memory, the largest over ops of the bytes an op reads plus the
   bytes it writes, at fp32 and batch 1 (weights excluded).
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch.nn as nn
 
-from .graph import ChannelGraph, GroupLayout, TensorInfo
+from .graph import ChannelGraph, GroupLayout, Mix, Part, TensorInfo
 from .space import WidthSpace
 
 BYTES_PER_ELEMENT = 4
@@ -86,9 +88,18 @@ class CostModel:
         coef = np.zeros(len(self._size))
         if layout is None:
             return coef, float(full)
-        for name in layout.segments:
-            coef[self._index[name]] += layout.inner
+        self._add_segments(coef, layout.segments, float(layout.inner))
         return coef, 0.0
+
+    def _add_segments(self, coef: np.ndarray, segments: tuple, weight: float) -> None:
+        for seg in segments:
+            if isinstance(seg, Mix):
+                for part in seg.parts:
+                    self._add_segments(coef, part, weight)
+            elif isinstance(seg, Part):  # a part holds 1/count of its group's width
+                coef[self._index[seg.space]] += weight / seg.count
+            else:
+                coef[self._index[seg]] += weight
 
     def _numel(self, t: TensorInfo) -> tuple[np.ndarray, float]:
         """Per-sample elements of a traced tensor as an affine form of the widths."""
@@ -104,13 +115,14 @@ class CostModel:
             axis = -1 if layer.kind.endswith("linear") else 1
             out_full, in_full = layer.output.shape[axis], layer.inputs.shape[axis]
             left.add(*self._channels(layer.output.layout, out_full))
-            if layer.kind == "depthwise":  # one input channel per output channel
-                right.add(np.zeros(len(self._size)), 1.0)
+            if layer.kind in ("depthwise", "grouped"):  # in/groups input channels per output
+                right.add(np.zeros(len(self._size)), in_full / layer.groups)
                 scale.append(layer.positions * layer.kernel)
             else:
                 right.add(*self._channels(layer.inputs.layout, in_full))
                 scale.append(layer.positions * layer.kernel / layer.groups)
         self._macs = (*left.matrices(), *right.matrices(), np.asarray(scale, dtype=np.float64))
+        self._macs_const = float(sum(r.macs for r in graph.fixed_macs))
 
     def _build_params(self, graph: ChannelGraph, model: nn.Module) -> None:
         left, right, scale = _Forms(len(self._size)), _Forms(len(self._size)), []
@@ -120,15 +132,17 @@ class CostModel:
             module = model.get_submodule(b.name)
             weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
             out = self._channels(b.out_layout, 0)
-            if b.kind in ("conv", "linear") and weight is not None:
+            if b.kind in ("conv", "linear", "groupwise") and weight is not None:
                 kernel = weight[0, 0].numel()
+                conv = getattr(module, "template", module)  # the original of a dynamic layer
+                groups = getattr(conv, "groups", 1) if b.kind == "groupwise" else 1
                 left.add(*out)
                 right.add(*self._channels(b.in_layout, 0))
-                scale.append(float(kernel))
-            elif b.kind == "depthwise" and weight is not None:
+                scale.append(float(kernel) / groups)
+            elif b.kind in ("depthwise", "grouped") and weight is not None:
                 left.add(*out)
                 right.add(*one)
-                scale.append(float(weight[0, 0].numel()))
+                scale.append(float(weight[0].numel()))
             elif weight is not None:
                 left.add(*out)
                 right.add(*one)
@@ -138,6 +152,15 @@ class CostModel:
                 right.add(*one)
                 scale.append(1.0)
             bound_full += sum(p.numel() for p in (weight, bias) if p is not None)
+        for pb in graph.parameters.values():  # per-channel parameters (layer scales)
+            tensor = _own_parameter(model, pb.name)
+            if tensor is None:  # a buffer: not a parameter
+                continue
+            full = tensor.shape[pb.axis]
+            left.add(*self._channels(pb.layout, 0))
+            right.add(*one)
+            scale.append(tensor.numel() / full)
+            bound_full += tensor.numel()
         self._params = (*left.matrices(), *right.matrices(), np.asarray(scale, dtype=np.float64))
         self._params_const = float(graph.params_total - bound_full)
 
@@ -158,7 +181,8 @@ class CostModel:
         return ((widths @ a + a0) * (widths @ b + b0)) @ s
 
     def macs(self, widths: np.ndarray) -> np.ndarray:
-        return np.rint(self._products(_as_matrix(widths), self._macs)).astype(np.int64)
+        macs = self._products(_as_matrix(widths), self._macs) + self._macs_const
+        return np.rint(macs).astype(np.int64)
 
     def params(self, widths: np.ndarray) -> np.ndarray:
         w = _as_matrix(widths)
@@ -183,6 +207,13 @@ class CostModel:
         w = np.stack([self.space.to_vector(c) for c in configs])
         macs, params, memory = self.macs(w), self.params(w), self.memory(w)
         return [Cost(int(a), int(b), int(c)) for a, b, c in zip(macs, params, memory, strict=True)]
+
+
+def _own_parameter(model: nn.Module, name: str) -> nn.Parameter | None:
+    """The full parameter `name` (a sliced module attribute returns the active slice)."""
+    owner, _, attr = name.rpartition(".")
+    module = model.get_submodule(owner) if owner else model
+    return module._parameters.get(attr)
 
 
 def _as_matrix(widths: np.ndarray) -> np.ndarray:

@@ -88,22 +88,51 @@ class DynamicModule(nn.Module):
 
 
 class DynamicConv2d(DynamicModule):
-    """A Conv2d whose in/out channels are the active selections; depthwise keeps in == out."""
+    """A Conv2d whose in/out channels are the active selections.
+
+    - dense (groups = 1): slices both axes of the weight;
+    - `depthwise` (in = out, any groups): in and out share one selection of whole conv groups,
+      so k kept groups of `per_group` channels run as a conv with groups = k (depthwise:
+      per_group = 1);
+    - `groupwise` (grouped, in != out): every conv group is kept and the same channels are
+      taken inside each, so groups stays and the weight's input axis takes the offsets the
+      selection has inside the first group.
+    """
 
     kind = "conv"
 
-    def __init__(self, template: nn.Conv2d, depthwise: bool = False) -> None:
+    def __init__(self, template: nn.Conv2d, depthwise: bool = False,
+                 groupwise: bool = False) -> None:
         super().__init__(template)
         self.depthwise = depthwise
+        self.groupwise = groupwise
+        self.per_group = template.in_channels // template.groups
+
+    def _in_offsets(self) -> Selection:
+        """The input channels the active selection takes inside one conv group."""
+        conv: nn.Conv2d = self.template  # type: ignore[assignment]
+        n = selection_size(self.in_sel) // conv.groups
+        if isinstance(self.in_sel, slice):
+            return slice(self.in_sel.start, self.in_sel.start + n)
+        return self.in_sel[:n]
+
+    def _weight(self) -> torch.Tensor:
+        weight = take(self.weight, 0, self.out_sel)
+        if self.groupwise:
+            return take(weight, 1, self._in_offsets())
+        if not self.depthwise:
+            return take(weight, 1, self.in_sel)
+        return weight
+
+    def _groups(self) -> int:
+        conv: nn.Conv2d = self.template  # type: ignore[assignment]
+        if self.depthwise:
+            return selection_size(self.out_sel) // self.per_group
+        return conv.groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv: nn.Conv2d = self.template  # type: ignore[assignment]
-        if self.depthwise:
-            weight = take(self.weight, 0, self.out_sel)
-            groups = selection_size(self.out_sel)
-        else:
-            weight = take(take(self.weight, 0, self.out_sel), 1, self.in_sel)
-            groups = 1
+        weight, groups = self._weight(), self._groups()
         bias = _maybe(self.bias, 0, self.out_sel)
         if conv.padding_mode != "zeros":
             x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
@@ -115,14 +144,11 @@ class DynamicConv2d(DynamicModule):
         spec = {"in_channels": out if self.depthwise else selection_size(self.in_sel),
                 "out_channels": out}
         if self.depthwise:
-            spec["groups"] = out
+            spec["groups"] = self._groups()
         return spec
 
     def materialize(self) -> nn.Module:
-        weight = take(self.weight, 0, self.out_sel)
-        if not self.depthwise:
-            weight = take(weight, 1, self.in_sel)
-        tensors = {"weight": weight}
+        tensors = {"weight": self._weight()}
         if self.bias is not None:
             tensors["bias"] = take(self.bias, 0, self.out_sel)
         return rebuild(self.template, self.shape_spec(), tensors)
@@ -212,15 +238,23 @@ class DynamicGroupNorm(_DynamicNorm):
 
 
 class DynamicLayerNorm(_DynamicNorm):
-    """LayerNorm over the last (channel) axis at its active width."""
+    """LayerNorm over the last (channel) axis at its active width; `channels_first` for a
+    LayerNorm subclass that normalizes axis 1 of an NCHW tensor (ConvNeXt's LayerNorm2d)."""
 
     kind = "layernorm"
 
+    def __init__(self, template: nn.LayerNorm, channels_first: bool = False) -> None:
+        super().__init__(template)
+        self.channels_first = channels_first
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ln: nn.LayerNorm = self.template  # type: ignore[assignment]
-        return F.layer_norm(x, (selection_size(self.out_sel),),
-                            _maybe(self.weight, 0, self.out_sel),
-                            _maybe(self.bias, 0, self.out_sel), ln.eps)
+        if self.channels_first:
+            x = x.movedim(1, -1)
+        y = F.layer_norm(x, (selection_size(self.out_sel),),
+                         _maybe(self.weight, 0, self.out_sel),
+                         _maybe(self.bias, 0, self.out_sel), ln.eps)
+        return y.movedim(-1, 1) if self.channels_first else y
 
     def shape_spec(self) -> dict[str, Any]:
         return {"normalized_shape": (selection_size(self.out_sel),)}
@@ -233,11 +267,89 @@ def make_dynamic(kind: str, module: nn.Module) -> DynamicModule:
     """The dynamic replacement for a discovered binding kind."""
     if kind == "conv":
         return DynamicConv2d(module)  # type: ignore[arg-type]
-    if kind == "depthwise":
+    if kind in ("depthwise", "grouped"):
         return DynamicConv2d(module, depthwise=True)  # type: ignore[arg-type]
+    if kind == "groupwise":
+        return DynamicConv2d(module, groupwise=True)  # type: ignore[arg-type]
+    if kind == "layernorm2d":
+        return DynamicLayerNorm(module, channels_first=True)  # type: ignore[arg-type]
     builders = {"linear": DynamicLinear, "batchnorm": DynamicBatchNorm,
                 "groupnorm": DynamicGroupNorm, "layernorm": DynamicLayerNorm}
     return builders[kind](module)
+
+
+class DynamicParameter:
+    """A parameter (or buffer) the model scales or shifts its features by per channel: a
+    ConvNeXt layer scale, a position embedding. It stays on its module (state dict keys
+    unchanged); the module's class is swapped for a subclass whose attribute of that name
+    returns the active slice along `axis`, the way torch.nn.utils.parametrize works.
+    """
+
+    kind = "parameter"
+
+    def __init__(self, owner: nn.Module, attr: str, axis: int) -> None:
+        self.owner, self.attr, self.axis = owner, attr, axis
+        if "_widthsearch_slices" not in owner.__dict__:
+            base = type(owner)
+            owner.__class__ = type(f"Sliced{base.__name__}", (base,), {"_widthsearch_base": base})
+            owner.__dict__["_widthsearch_slices"] = {}
+
+        def active(module: nn.Module, attr: str = attr) -> torch.Tensor:
+            tensor = module._parameters.get(attr)
+            if tensor is None:
+                tensor = module._buffers[attr]
+            axis, sel = module.__dict__["_widthsearch_slices"][attr]
+            return take(tensor, axis, sel)
+
+        setattr(type(owner), attr, property(active))
+        self.set_selection(slice(0, self.full.shape[axis]), slice(0, self.full.shape[axis]))
+
+    @property
+    def full(self) -> torch.Tensor:
+        t = self.owner._parameters.get(self.attr)
+        return t if t is not None else self.owner._buffers[self.attr]
+
+    def set_selection(self, in_sel: Selection, out_sel: Selection) -> None:
+        self.owner.__dict__["_widthsearch_slices"][self.attr] = (self.axis, out_sel)
+
+    def materialize(self) -> torch.Tensor:
+        """The active slice as a tensor of its own (a Parameter if the original is one)."""
+        full = self.full
+        _, sel = self.owner.__dict__["_widthsearch_slices"][self.attr]
+        value = take(full, self.axis, sel).detach().clone()
+        if isinstance(full, nn.Parameter):
+            return nn.Parameter(value, requires_grad=full.requires_grad)
+        return value
+
+    def shape_spec(self) -> dict[str, Any]:
+        _, sel = self.owner.__dict__["_widthsearch_slices"][self.attr]
+        shape = list(self.full.shape)
+        shape[self.axis] = selection_size(sel)
+        return {"shape": shape}
+
+
+def unslice(module: nn.Module) -> nn.Module:
+    """Give every module that DynamicParameter changed its original class back (in place)."""
+    for m in module.modules():
+        base = type(m).__dict__.get("_widthsearch_base")
+        if base is not None:
+            m.__class__ = base
+            m.__dict__.pop("_widthsearch_slices", None)
+    return module
+
+
+def resize_tensor(model: nn.Module, name: str, shape: list[int]) -> None:
+    """Replace parameter or buffer `name` of `model` by an uninitialized one of `shape`."""
+    owner_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    if attr in owner._parameters and owner._parameters[attr] is not None:
+        old = owner._parameters[attr]
+        owner._parameters[attr] = nn.Parameter(torch.empty(shape, dtype=old.dtype),
+                                               requires_grad=old.requires_grad)
+    elif attr in owner._buffers and owner._buffers[attr] is not None:
+        owner._buffers[attr] = torch.empty(shape, dtype=owner._buffers[attr].dtype)
+    else:
+        raise AttributeError(name)
 
 
 def shrink(module: nn.Module, spec: dict[str, Any]) -> nn.Module:

@@ -16,7 +16,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .dynamic import shrink
+from .dynamic import resize_tensor, shrink
 from .errors import WidthSearchError
 
 FORMAT = "widthsearch-export/1"
@@ -85,6 +85,9 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         model = get(record["model"], **record["model_kwargs"])
     for name, spec in record["shapes"].items():
         try:
+            if "shape" in spec:  # a sliced parameter (a layer scale), not a layer
+                resize_tensor(model, name, spec["shape"])
+                continue
             layer = model.get_submodule(name)
         except AttributeError:
             raise WidthSearchError(

@@ -9,11 +9,13 @@ registration; an op without a rule fixes the channels it touches and says so in 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -25,19 +27,53 @@ from .errors import WidthSearchError
 
 
 @dataclass(frozen=True)
+class Part:
+    """Block `index` of `count` equal blocks of one channel space (a chunk or split of it).
+
+    A space cut into parts takes the same number of channels from each of its blocks, so
+    every part keeps its share of the width. `space` is a space id in a `Layout` and a group
+    name in a `GroupLayout`.
+    """
+
+    space: Any
+    index: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Segment lists of equal width interleaved entry by entry (a channel shuffle).
+
+    Entry i * len(parts) + j of the mix is entry i of parts[j]. In a `Layout` with `by` set
+    the parts are not interleaved yet: axis `by` picks the part that lies along `dim`.
+    """
+
+    parts: tuple[tuple[Any, ...], ...]
+
+
+@dataclass(frozen=True)
 class Layout:
-    """The channel axis of one tensor: `dim`, the spaces along it, entries per channel."""
+    """The channel axis of one tensor: `dim`, the spaces along it, entries per channel.
+
+    A segment is a space id, a `Part` of a space or a `Mix` of segment lists. `by` is set
+    only between the two reshapes of a channel shuffle: the channels were split into
+    (parts, channels) and axis `by` indexes the parts of the single `Mix` segment.
+    """
 
     dim: int
-    segments: tuple[int, ...]
+    segments: tuple[Any, ...]
     inner: int = 1
+    by: int | None = None
 
 
 @dataclass(frozen=True)
 class GroupLayout:
-    """A Layout resolved to group names, as the supernet and cost model use it."""
+    """A Layout resolved to group names, as the supernet and cost model use it.
 
-    segments: tuple[str, ...]
+    Segments are group names, `Part`s and `Mix`es of group names.
+    """
+
+    segments: tuple[Any, ...]
     inner: int = 1
 
 
@@ -96,6 +132,24 @@ class GroupInfo:
     members: tuple[str, ...]
     fixed: str | None
     granularity: int
+    blocks: int = 1  # widths take the same number of channels from each of `blocks` blocks
+
+
+@dataclass(frozen=True)
+class ParamBinding:
+    """A parameter the model multiplies or adds per channel (a layer scale): sliced on `axis`."""
+
+    name: str
+    axis: int
+    layout: GroupLayout
+
+
+@dataclass(frozen=True)
+class MacRecord:
+    """An op whose MACs discovery measured (attention, matmul): its channels are fixed."""
+
+    name: str
+    macs: float
 
 
 @dataclass
@@ -108,6 +162,8 @@ class ChannelGraph:
     ops: list[OpRecord]
     warnings: list[str]
     params_total: int
+    parameters: dict[str, ParamBinding] = field(default_factory=dict)
+    fixed_macs: list[MacRecord] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,6 +289,8 @@ def _flatten(values: Any) -> list[Any]:
 # ---------------------------------------------------------------------------------------------
 # The builder: union-find over spaces plus what rules report
 
+INHERENT_REASONS = ("the model input", "the model output")
+
 
 class _Builder:
     def __init__(self, gm: fx.GraphModule, rules: RuleTable) -> None:
@@ -242,6 +300,7 @@ class _Builder:
         self.size: list[int] = []
         self.fixed: dict[int, str] = {}
         self.granularity: dict[int, int] = {}
+        self.blocks: dict[int, int] = {}
         self.producers: dict[int, list[str]] = {}
         self.consumers: dict[int, list[str]] = {}
         self.members: dict[int, list[str]] = {}
@@ -251,6 +310,12 @@ class _Builder:
         self.layers: list[tuple[str, str, Traced, Traced, int, int, int]] = []
         self.ops: list[tuple[str, list[Traced]]] = []
         self.unknown: dict[str, str] = {}
+        self.fixed_macs: list[tuple[str, float]] = []
+        self.parameters: dict[str, tuple[int, Layout]] = {}  # name -> (axis, layout)
+        self.parameter_uses: dict[str, set[fx.Node]] = {}
+        self.messages: list[str] = []
+        self.limited: dict[str, str] = {}  # ops a rule knows but cannot slim: name -> why
+        self.cut_error = ""  # why the last split of channels into equal parts failed
 
     # union-find
     def new_space(self, size: int, producer: str, *, fixed: str | None = None) -> int:
@@ -279,38 +344,173 @@ class _Builder:
             table.setdefault(ra, []).extend(table.pop(rb, []))
         if rb in self.fixed:
             self.fixed.setdefault(ra, self.fixed.pop(rb))
-        if rb in self.granularity:
-            g = self.granularity.pop(rb)
-            self.granularity[ra] = math.lcm(self.granularity.get(ra, 1), g)
+        for table in (self.granularity, self.blocks):
+            if rb in table:
+                g = table.pop(rb)
+                table[ra] = math.lcm(table.get(ra, 1), g)
+
+    # segments: a space id, a Part of one, or a Mix of segment lists
+    def leaves(self, segments: Iterable[Any]) -> list[int]:
+        """The space ids a segment list refers to."""
+        out: list[int] = []
+        for seg in segments:
+            if isinstance(seg, Mix):
+                for part in seg.parts:
+                    out.extend(self.leaves(part))
+            else:
+                out.append(seg.space if isinstance(seg, Part) else seg)
+        return out
+
+    def seg_size(self, seg: Any) -> int:
+        """Channels of one segment at full width."""
+        if isinstance(seg, Part):
+            return self.size[self.find(seg.space)] // seg.count
+        if isinstance(seg, Mix):
+            return len(seg.parts) * sum(self.seg_size(s) for s in seg.parts[0])
+        return self.size[self.find(seg)]
+
+    def _pairs(self, a: tuple, b: tuple) -> list[tuple[int, int]] | None:
+        """The spaces to union so two segment lists match channel by channel (None: they
+        cannot)."""
+        if len(a) != len(b):
+            return None
+        pairs: list[tuple[int, int]] = []
+        for x, y in zip(a, b, strict=True):
+            if isinstance(x, Mix) or isinstance(y, Mix):
+                if not (isinstance(x, Mix) and isinstance(y, Mix)) or len(x.parts) != len(y.parts):
+                    return None
+                for px, py in zip(x.parts, y.parts, strict=True):
+                    sub = self._pairs(px, py)
+                    if sub is None:
+                        return None
+                    pairs += sub
+                continue
+            if isinstance(x, Part) != isinstance(y, Part):
+                return None
+            if isinstance(x, Part) and (x.index, x.count) != (y.index, y.count):
+                return None
+            sx, sy = (x.space, y.space) if isinstance(x, Part) else (x, y)
+            if self.size[self.find(sx)] != self.size[self.find(sy)]:
+                return None
+            pairs.append((sx, sy))
+        return pairs
 
     def merge(self, layouts: list[Layout], why: str, where: str) -> Layout:
         """Couple layouts channel by channel; layouts that do not line up are fixed."""
         first = layouts[0]
-        sizes = [self.size[self.find(s)] for s in first.segments]
+        pairs: list[tuple[int, int]] = []
         for other in layouts[1:]:
-            other_sizes = [self.size[self.find(s)] for s in other.segments]
-            if other_sizes != sizes or other.inner != first.inner:
+            found = None
+            if other.inner == first.inner and other.by == first.by:
+                found = self._pairs(first.segments, other.segments)
+            if found is None:
                 for lay in layouts:
                     self.fix(lay, f"{where}: {why} joins channels that do not line up")
                 return first
-        for other in layouts[1:]:
-            for a, b in zip(first.segments, other.segments, strict=True):
-                self.union(a, b)
+            pairs += found
+        for a, b in pairs:
+            self.union(a, b)
         return first
 
-    def fix(self, layout: Layout | None, why: str) -> None:
+    def split(self, segments: tuple, k: int) -> list[tuple] | None:
+        """Cut a segment list into `k` lists of equal full size (a chunk along channels).
+
+        A space cut inside becomes `Part`s of it and takes the same number of channels from
+        each part. None when a cut falls unevenly inside a segment.
+        """
+        total = sum(self.seg_size(seg) for seg in segments)
+        if k < 1 or total % k:
+            self.cut_error = f"cutting {total} channels into {k} equal pieces"
+            return None
+        size = total // k
+        parts: list[list[Any]] = [[] for _ in range(k)]
+        offset = 0
+        for seg in segments:
+            n = self.seg_size(seg)
+            first = offset // size
+            if n == 0 or (offset + n - 1) // size == first:
+                parts[first].append(seg)
+            else:
+                if offset % size or n % size:
+                    self.cut_error = f"a piece of {size} channels cutting a space of {n}"
+                    return None
+                pieces = self._cut(seg, n // size)
+                if pieces is None:
+                    return None
+                for j, piece in enumerate(pieces):
+                    parts[first + j].extend(piece)
+            offset += n
+        return [tuple(p) for p in parts]
+
+    def _cut(self, seg: Any, m: int) -> list[tuple] | None:
+        """One segment cut into `m` equal pieces, each a segment list."""
+        if isinstance(seg, Mix):
+            cuts = [self.split(part, m) for part in seg.parts]
+            if any(c is None for c in cuts):
+                return None
+            return [(Mix(tuple(c[j] for c in cuts)),) for j in range(m)]  # type: ignore[index]
+        space, index, count = (seg.space, seg.index, seg.count) if isinstance(seg, Part) \
+            else (seg, 0, 1)
+        if self.size[self.find(space)] % (count * m):
+            self.cut_error = (f"cutting {self.size[self.find(space)]} channels into "
+                              f"{count * m} equal blocks")
+            return None
+        self.add_blocks(space, count * m)
+        return [(Part(space, index * m + j, count * m),) for j in range(m)]
+
+    def width_form(self, segments: Iterable[Any]) -> dict[int, Fraction]:
+        """The active width of a segment list as coefficients of its spaces' widths."""
+        form: dict[int, Fraction] = {}
+        for seg in segments:
+            if isinstance(seg, Mix):
+                subs = [self.width_form(part) for part in seg.parts]
+            elif isinstance(seg, Part):
+                subs = [{self.find(seg.space): Fraction(1, seg.count)}]
+            else:
+                subs = [{self.find(seg): Fraction(1)}]
+            for sub in subs:
+                for r, c in sub.items():
+                    form[r] = form.get(r, Fraction(0)) + c
+        return form
+
+    def same_widths(self, parts: list[tuple]) -> bool:
+        """Make segment lists keep equal active widths (what a shuffle needs): true when
+        they already do, or when each is one space and they can be coupled."""
+        forms = [self.width_form(p) for p in parts]
+        if all(f == forms[0] for f in forms):
+            return True
+        if all(len(f) == 1 for f in forms):
+            (r0, c0), = forms[0].items()
+            if all(next(iter(f.values())) == c0 and self.size[next(iter(f))] == self.size[r0]
+                   for f in forms):
+                for f in forms[1:]:
+                    self.union(r0, next(iter(f)))
+                return True
+        return False
+
+    def fix(self, layout: Layout | None, why: str, *, main: bool = False) -> None:
+        """Keep a layout's channels full; the first reason is kept unless `main` names the
+        construct that is the real limit (an attention's heads)."""
         if layout is None:
             return
-        for s in layout.segments:
-            self.fixed.setdefault(self.find(s), why)
+        for s in self.leaves(layout.segments):
+            r = self.find(s)
+            if main and not self.fixed.get(r, "").endswith(INHERENT_REASONS):
+                self.fixed[r] = why
+            else:
+                self.fixed.setdefault(r, why)
 
     def add_granularity(self, layout: Layout, granularity: int) -> None:
-        for s in layout.segments:
+        for s in self.leaves(layout.segments):
             r = self.find(s)
             self.granularity[r] = math.lcm(self.granularity.get(r, 1), granularity)
 
+    def add_blocks(self, space: int, blocks: int) -> None:
+        r = self.find(space)
+        self.blocks[r] = math.lcm(self.blocks.get(r, 1), blocks)
+
     def note(self, table: dict[int, list[str]], layout: Layout, name: str) -> None:
-        for s in layout.segments:
+        for s in self.leaves(layout.segments):
             entries = table.setdefault(self.find(s), [])
             if name not in entries:
                 entries.append(name)
@@ -318,6 +518,8 @@ class _Builder:
     def resolve(self, arg: Any) -> Any:
         if isinstance(arg, fx.Node):
             return self.values.get(arg)
+        if isinstance(arg, tuple) and hasattr(arg, "_fields"):  # a namedtuple
+            return type(arg)(*(self.resolve(a) for a in arg))
         if isinstance(arg, (list, tuple)):
             return type(arg)(self.resolve(a) for a in arg)
         if isinstance(arg, dict):
@@ -327,7 +529,18 @@ class _Builder:
     def group_layout(self, layout: Layout | None, names: dict[int, str]) -> GroupLayout | None:
         if layout is None:
             return None
-        return GroupLayout(tuple(names[self.find(s)] for s in layout.segments), layout.inner)
+        return GroupLayout(self._named(layout.segments, names), layout.inner)
+
+    def _named(self, segments: tuple, names: dict[int, str]) -> tuple:
+        out: list[Any] = []
+        for seg in segments:
+            if isinstance(seg, Mix):
+                out.append(Mix(tuple(self._named(p, names) for p in seg.parts)))
+            elif isinstance(seg, Part):
+                out.append(Part(names[self.find(seg.space)], seg.index, seg.count))
+            else:
+                out.append(names[self.find(seg)])
+        return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,11 +560,16 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
 
-def trace(model: nn.Module, rules: RuleTable | None = None) -> fx.GraphModule:
-    """torch.fx trace of `model` with every rule-covered module kept as a leaf."""
+def trace(model: nn.Module, rules: RuleTable | None = None, *, training: bool = False
+          ) -> fx.GraphModule:
+    """torch.fx trace of `model` with every rule-covered module kept as a leaf.
+
+    The inference path by default; `training=True` traces the training path (auxiliary
+    heads such as Inception's run only there).
+    """
     tracer = _Tracer(rules or RULES)
     was_training = model.training
-    model.eval()  # trace the inference path (no aux heads, no stochastic branches)
+    model.train(training)
     try:
         graph = tracer.trace(model)
     except Exception as err:
@@ -365,26 +583,48 @@ def trace(model: nn.Module, rules: RuleTable | None = None) -> fx.GraphModule:
 
 
 class _Recorder(fx.Interpreter):
-    """Runs the traced graph once and hands every node's value to the builder's rules."""
+    """Runs the traced graph once and hands every node's value to the builder's rules.
 
-    def __init__(self, gm: fx.GraphModule, builder: _Builder) -> None:
+    With a FlopCounterMode active, the MACs of every op that is not a conv / linear layer
+    (attention, matmul, einsum) are measured; such an op keeps its channels at full width,
+    so its MACs are a constant the cost model adds.
+    """
+
+    def __init__(self, gm: fx.GraphModule, builder: _Builder, counter: Any = None) -> None:
         super().__init__(gm)
         self.builder = builder
+        self.counter = counter
 
     def run_node(self, n: fx.Node) -> Any:
+        b = self.builder
+        before = self.counter.get_total_flops() if self.counter is not None else 0
         result = super().run_node(n)
-        self.builder.values[n] = _apply_rule(self.builder, n, result)
+        flops = self.counter.get_total_flops() - before if self.counter is not None else 0
+        layers = len(b.layers)
+        b.values[n] = _apply_rule(b, n, result)
+        if flops and len(b.layers) == layers:  # MACs no layer record models
+            name = str(n.target) if n.op == "call_module" else n.name
+            b.fixed_macs.append((name, flops / 2))
+            tensors = _flatten([b.resolve(n.args), b.resolve(n.kwargs), b.values[n]])
+            for t in tensors:
+                if isinstance(t, Traced):
+                    b.fix(t.layout, f"{name}: an op whose MACs widthsearch measures, not models")
         return result
 
 
 def _describe(value: Any, layout: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return Traced(tuple(value.shape), layout if isinstance(layout, Layout) else None)
+    if isinstance(value, torch.Size):
+        layouts = layout if isinstance(layout, (list, tuple)) else [None] * len(value)
+        return tuple(_Dim(v, lay) if isinstance(lay, Layout) else v
+                     for v, lay in zip(value, layouts, strict=False))
     if isinstance(value, (list, tuple)):
         layouts = layout if isinstance(layout, (list, tuple)) else [None] * len(value)
-        return type(value)(_describe(v, lay) for v, lay in zip(value, layouts, strict=False))
-    if isinstance(value, torch.Size):
-        return tuple(value)
+        items = [_describe(v, lay) for v, lay in zip(value, layouts, strict=False)]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    if isinstance(value, int) and not isinstance(value, bool) and isinstance(layout, Layout):
+        return _Dim(value, layout)
     return value
 
 
@@ -415,12 +655,18 @@ def _apply_rule(b: _Builder, node: fx.Node, result: Any) -> Any:
     else:
         rule = b.rules.functions.get(node.target)
         what = getattr(node.target, "__name__", str(node.target))
+        if rule is None and isinstance(node.target, type) and issubclass(node.target, tuple):
+            rule = container_rule  # a namedtuple of outputs (InceptionOutputs)
 
     inputs = ctx.tensor_inputs()
+    split = [t for t in inputs if t.layout is not None and t.layout.by is not None]
     if rule is None:
         if not inputs and not isinstance(result, torch.Tensor):
             return _describe(result, None)  # shape arithmetic etc.
         layout = _unknown(ctx, inputs, what)
+    elif split and rule not in _SPLIT_AWARE:
+        why = "channels split in two (heads or shuffle parts) used by more than a reshape"
+        layout = _limited(ctx, inputs, why)
     else:
         layout = rule(ctx)
     traced = _describe(result, layout)
@@ -433,13 +679,34 @@ def _apply_rule(b: _Builder, node: fx.Node, result: Any) -> Any:
 def _unknown(ctx: RuleContext, inputs: list[Traced], what: str) -> Layout | None:
     """No rule: fix every channel the op touches, name them, carry on."""
     touched = [t.layout for t in inputs if t.layout is not None]
-    if not touched and ctx.out_shape is None:
-        return None
+    if not touched:
+        return None  # computed from constants only: nothing to slim
     why = f"no rule for {what}"
     ctx.builder.unknown.setdefault(ctx.name, what)
     for lay in touched:
         ctx.fix(lay, why)
-    return ctx.fixed_output(why)
+    return ctx.fixed_output(why, _output_axis(ctx, inputs))
+
+
+def container_rule(ctx: RuleContext) -> tuple:
+    """A tuple type built from tensors: each field keeps its tensor's layout."""
+    fields = getattr(ctx.node.target, "_fields", ())
+    values = list(ctx.args) + [ctx.kwargs[f] for f in fields[len(ctx.args):] if f in ctx.kwargs]
+    return tuple(v.layout if isinstance(v, Traced) else None for v in values)
+
+
+def _output_axis(ctx: RuleContext, inputs: list[Traced]) -> int:
+    """Where an unfollowed op's output most likely keeps its channels: where an input of the
+    same shape had them, else axis 1."""
+    out = ctx.out_shape
+    if out is not None:
+        for t in inputs:
+            if t.layout is not None and tuple(t.shape) == tuple(out):
+                return t.layout.dim
+        for t in inputs:
+            if t.layout is not None and len(t.shape) == len(out) and t.layout.dim < len(out):
+                return t.layout.dim
+    return 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,6 +739,15 @@ def _module_output(ctx: RuleContext, size: int, dim: int) -> Layout:
     return Layout(dim, out.segments)
 
 
+def _constant_input(ctx: RuleContext, x: Traced, dim: int) -> Layout:
+    """A layer input that no width changes (a buffer, a table): fixed channels of its own."""
+    return Layout(dim, (ctx.new_space(x.shape[dim], fixed=f"{ctx.name}: a constant input"),))
+
+
+def _has_mix(segments: tuple) -> bool:
+    return any(isinstance(seg, Mix) for seg in segments)
+
+
 def _fixed_in_out(ctx: RuleContext, x: Traced, why: str, dim: int = 1) -> Layout | None:
     ctx.fix(x.layout, why)
     return ctx.fixed_output(why, dim)
@@ -492,19 +768,36 @@ def conv2d_rule(ctx: RuleContext) -> Layout | None:
     assert out_shape is not None
     positions = out_shape[2] * out_shape[3]
     kernel = conv.kernel_size[0] * conv.kernel_size[1]
-    if x.layout is None or x.layout.dim != 1 or x.layout.inner != 1:
+    b = ctx.builder
+    lay = x.layout if x.layout is not None else _constant_input(ctx, x, 1)
+    if lay.dim != 1 or lay.inner != 1 or lay.by is not None:
         out = _fixed_in_out(ctx, x, "convolution over an unfollowed channel axis")
     elif conv.groups == 1:
         out = _module_output(ctx, conv.out_channels, 1)
-        ctx.builder.note(ctx.builder.consumers, x.layout, ctx.name)
-        _bind(ctx, "conv", x.layout, out)
-    elif conv.groups == conv.in_channels == conv.out_channels:
-        out = x.layout
-        ctx.builder.note(ctx.builder.members, x.layout, ctx.name)
-        _bind(ctx, "depthwise", x.layout, out)
+        b.note(b.consumers, lay, ctx.name)
+        _bind(ctx, "conv", lay, out)
+    elif conv.in_channels == conv.out_channels and (
+            conv.groups == conv.in_channels or not _has_mix(lay.segments)):
+        # depthwise, or grouped with equal widths: keep whole conv groups of in and out
+        per_group = conv.in_channels // conv.groups
+        if per_group > 1:
+            b.add_granularity(lay, per_group)
+        out = lay
+        b.note(b.members, lay, ctx.name)
+        _bind(ctx, "depthwise" if per_group == 1 else "grouped", lay, out)
+    elif len(lay.segments) == 1 and not isinstance(lay.segments[0], Mix):
+        # widths differ: keep every conv group and the same channels inside each
+        seg = lay.segments[0]
+        space, count = (seg.space, seg.count) if isinstance(seg, Part) else (seg, 1)
+        b.add_blocks(space, count * conv.groups)
+        out = _module_output(ctx, conv.out_channels, 1)
+        b.add_blocks(out.segments[0], conv.groups)
+        b.note(b.consumers, lay, ctx.name)
+        _bind(ctx, "groupwise", lay, out)
     else:
-        out = _fixed_in_out(ctx, x, f"grouped convolution (groups={conv.groups})")
-    kind = ctx.builder.bindings.get(ctx.name, ("fixed-conv",))[0]
+        out = _fixed_in_out(ctx, x, f"grouped convolution (groups={conv.groups}) over a "
+                                    "concatenation of unequal widths")
+    kind = b.bindings.get(ctx.name, ("fixed-conv",))[0]
     ctx.builder.layers.append(
         (ctx.name, kind, _on_axis(x, 1), Traced(out_shape, out), positions, kernel, conv.groups)
     )
@@ -519,12 +812,13 @@ def linear_rule(ctx: RuleContext) -> Layout | None:
     assert out_shape is not None
     last = len(x.shape) - 1
     positions = math.prod(out_shape[1:-1]) if len(out_shape) > 2 else 1
-    if x.layout is None or x.layout.dim != last:
+    lay = x.layout if x.layout is not None else _constant_input(ctx, x, last)
+    if lay.dim != last:
         out = _fixed_in_out(ctx, x, "linear layer over an unfollowed feature axis", dim=last)
     else:
         out = _module_output(ctx, lin.out_features, last)
-        ctx.builder.note(ctx.builder.consumers, x.layout, ctx.name)
-        _bind(ctx, "linear", x.layout, out)
+        ctx.builder.note(ctx.builder.consumers, lay, ctx.name)
+        _bind(ctx, "linear", lay, out)
     kind = ctx.builder.bindings.get(ctx.name, ("fixed-linear",))[0]
     ctx.builder.layers.append(
         (ctx.name, kind, _on_axis(x, last), Traced(out_shape, out), positions, 1, 1)
@@ -533,16 +827,23 @@ def linear_rule(ctx: RuleContext) -> Layout | None:
 
 
 def _norm_rule(kind: str, channel_dim_last: bool) -> Rule:
+    """A norm with a weight per channel: "batchnorm", "groupnorm", "layernorm" (channels
+    last) or "layernorm2d" (a LayerNorm subclass over axis 1 of an NCHW tensor)."""
+
     def rule(ctx: RuleContext) -> Layout | None:
         x = _channel_input(ctx)
         want = len(x.shape) - 1 if channel_dim_last else 1
         if x.layout is None or x.layout.dim != want or x.layout.inner != 1:
-            return _fixed_in_out(ctx, x, f"{kind} over an unfollowed channel axis")
+            return _fixed_in_out(ctx, x, f"{kind} over an unfollowed channel axis",
+                                 dim=want)
         if kind == "groupnorm":
+            if _has_mix(x.layout.segments):
+                return _fixed_in_out(ctx, x, "group norm over shuffled channels")
             gn: nn.GroupNorm = ctx.module  # type: ignore[assignment]
             ctx.builder.add_granularity(x.layout, gn.num_channels // gn.num_groups)
-        if kind == "layernorm" and len(ctx.module.normalized_shape) != 1:  # type: ignore[union-attr]
-            return _fixed_in_out(ctx, x, "layer norm over more than the channel axis")
+        if kind.startswith("layernorm") and len(ctx.module.normalized_shape) != 1:  # type: ignore[union-attr]
+            return _fixed_in_out(ctx, x, "layer norm over more than the channel axis",
+                                 dim=want)
         ctx.builder.note(ctx.builder.members, x.layout, ctx.name)
         _bind(ctx, kind, x.layout, x.layout)
         return x.layout
@@ -553,6 +854,20 @@ def _norm_rule(kind: str, channel_dim_last: bool) -> Rule:
 register_rule(nn.modules.batchnorm._BatchNorm)(_norm_rule("batchnorm", channel_dim_last=False))
 register_rule(nn.GroupNorm)(_norm_rule("groupnorm", channel_dim_last=False))
 register_rule(nn.LayerNorm)(_norm_rule("layernorm", channel_dim_last=True))
+norm_rule = _norm_rule
+
+
+def _torchvision(module: str, *names: str) -> list[Any]:
+    """Objects of torchvision that rules are registered for (none if it is missing)."""
+    try:
+        mod = __import__(f"torchvision.{module}", fromlist=list(names))
+    except ImportError:  # torchvision is a dependency, but keep discovery independent of it
+        return []
+    return [getattr(mod, n) for n in names if hasattr(mod, n)]
+
+
+register_rule(*_torchvision("models.convnext", "LayerNorm2d"))(
+    _norm_rule("layernorm2d", channel_dim_last=False))
 
 
 PASSTHROUGH_MODULES: tuple[type, ...] = (
@@ -568,7 +883,7 @@ PASSTHROUGH_FUNCTIONS: tuple[Any, ...] = (
     F.hardswish, F.hardsigmoid, F.hardtanh, F.sigmoid, F.tanh, F.softplus, F.dropout,
     F.dropout2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
     F.interpolate, torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.clamp, torch.clip,
-    torch.abs, torch.neg, torch.exp, torch.sqrt, torch.square,
+    torch.abs, torch.neg, torch.exp, torch.sqrt, torch.square, F.pad,
 )
 PASSTHROUGH_METHODS: tuple[str, ...] = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "contiguous",
@@ -635,9 +950,33 @@ def binary_rule(ctx: RuleContext) -> Layout | None:
     merged = ctx.merge(layouts, "an elementwise op")
     for c in constants:
         shift = out_rank - len(c.shape)
-        if out_dim - shift >= 0 and c.shape[out_dim - shift] > 1:
+        axis = out_dim - shift
+        if axis >= 0 and c.shape[axis] > 1 and not _bind_parameter(ctx, c, axis, merged):
             ctx.fix(merged, f"scaled per channel by the parameter {c.constant!r}")
     return Layout(out_dim, merged.segments, merged.inner)
+
+
+def _bind_parameter(ctx: RuleContext, c: Traced, axis: int, layout: Layout) -> bool:
+    """A parameter or buffer the features are scaled or shifted by per channel (a layer
+    scale, a position embedding): the supernet slices it along `axis` with the channels."""
+    b = ctx.builder
+    if c.constant is None or layout.inner != 1 or layout.by is not None:
+        return False
+    if c.shape[axis] != sum(b.seg_size(seg) for seg in layout.segments):
+        return False
+    owner, _, attr = c.constant.rpartition(".")
+    module = b.gm.get_submodule(owner) if owner else b.gm
+    if attr not in module._parameters and attr not in module._buffers:
+        return False
+    if c.constant in b.parameters:
+        prev_axis, prev = b.parameters[c.constant]
+        if prev_axis != axis:
+            return False
+        b.merge([prev, Layout(axis, layout.segments)], "a parameter used twice", ctx.name)
+    else:
+        b.parameters[c.constant] = (axis, Layout(axis, layout.segments))
+    b.parameter_uses.setdefault(c.constant, set()).add(ctx.node)
+    return True
 
 
 @register_rule(torch.cat, torch.concat, torch.concatenate, "cat")
@@ -647,10 +986,25 @@ def cat_rule(ctx: RuleContext) -> Layout | None:
     rank = len(tensors[0].shape)
     dim = dim % rank
     layouts = [t.layout for t in tensors]
-    if any(lay is None for lay in layouts):
-        for lay in layouts:
-            ctx.fix(lay, "concatenated with an unfollowed tensor")
-        return ctx.fixed_output("concatenated with an unfollowed tensor")
+    followed = [lay for lay in layouts if lay is not None]
+    if not followed:
+        return None
+    if len(followed) < len(layouts):  # constants (a class token, a padding block)
+        first = followed[0]
+        if all(lay.dim == dim and lay.inner == first.inner for lay in followed) and all(
+                t.shape[dim] % first.inner == 0 for t in tensors):
+            why = "concatenated constant channels"
+            segments = tuple(
+                s for t in tensors for s in (t.layout.segments if t.layout is not None else
+                                             (ctx.new_space(t.shape[dim] // first.inner,
+                                                            fixed=f"{ctx.name}: {why}"),)))
+            return Layout(dim, segments, first.inner)
+        why = "concatenated with a constant tensor"
+        for lay in followed:
+            ctx.fix(lay, why)
+        if all(lay.dim == first.dim != dim for lay in followed):
+            return ctx.merge(followed, why)
+        return ctx.fixed_output(why, first.dim)
     lays: list[Layout] = layouts  # type: ignore[assignment]
     if all(lay.dim == dim and lay.inner == lays[0].inner for lay in lays):
         segments = tuple(s for lay in lays for s in lay.segments)
@@ -662,22 +1016,62 @@ def cat_rule(ctx: RuleContext) -> Layout | None:
     return ctx.fixed_output("a concatenation that mixes channel axes")
 
 
-@register_rule(torch.flatten, nn.Flatten, "flatten", "view", "reshape", torch.reshape)
+@register_rule(torch.flatten, nn.Flatten, "flatten", "view", "reshape", torch.reshape,
+               "view_as", "reshape_as", torch.unflatten, "unflatten", nn.Unflatten,
+               torch.squeeze, "squeeze", torch.unsqueeze, "unsqueeze")
 def reshape_rule(ctx: RuleContext) -> Layout | None:
-    """Reshapes that keep the channel axis, or fold everything after it into it (flatten)."""
+    """Reshapes that keep each channel's entries together (merging or splitting the other
+    axes, flattening what follows into the channel axis, or unflattening it again), and
+    the two reshapes of a channel shuffle: (C) -> (g, C/g), then, after a transpose,
+    (C/g, g) -> (C), which interleaves the g parts."""
     x = _channel_input(ctx)
     out = ctx.out_shape
     if x.layout is None or out is None:
         return None
-    d, shape = x.layout.dim, x.shape
-    if tuple(out) == tuple(shape):
-        return x.layout
-    if tuple(out[:d]) == tuple(shape[:d]):
-        if len(out) == d + 1 and out[d] == math.prod(shape[d:]):
-            return Layout(d, x.layout.segments, x.layout.inner * math.prod(shape[d + 1:]))
-        if len(out) > d and out[d] == shape[d]:
-            return x.layout
-    return _fixed_in_out(ctx, x, f"a reshape {tuple(shape)} -> {tuple(out)} splits channels")
+    res = _reshape_layout(ctx, x, tuple(out))
+    _tie_sizes(ctx, res)
+    return res
+
+
+def _reshape_layout(ctx: RuleContext, x: Traced, out: tuple[int, ...]) -> Layout | None:
+    lay, shape = x.layout, tuple(x.shape)
+    assert lay is not None
+    if out == shape:
+        return lay
+    if lay.by is not None:
+        return _unsplit(ctx, x, out)
+    d = lay.dim
+    before = math.prod(shape[:d])
+    channels = shape[d] // lay.inner
+    kept = [k for k in range(1 if d > 0 else 0, len(out))  # axis 0 stays the batch
+            if math.prod(out[:k]) == before and out[k] > 0 and out[k] % channels == 0]
+    if kept:  # size-1 axes make several fit: prefer the same width, then the nearest axis
+        k = min(kept, key=lambda k: (out[k] != shape[d], abs(k - d)))
+        return Layout(k, lay.segments, out[k] // channels)
+    for k in range(len(out) - 1):  # the channels split into (parts, channels per part)
+        if math.prod(out[:k]) == before and lay.inner == 1 and out[k] * out[k + 1] == shape[d]:
+            parts = ctx.builder.split(lay.segments, out[k])
+            if parts is not None:
+                return Layout(k + 1, (Mix(tuple(parts)),), 1, by=k)
+    return _fixed_in_out(ctx, x, "a reshape that splits channels or merges them with another "
+                                 "axis", dim=min(d, len(out) - 1))
+
+
+def _unsplit(ctx: RuleContext, x: Traced, out: tuple[int, ...]) -> Layout | None:
+    """Merge the (parts, channels) axes of a split channel axis back into one."""
+    lay, shape = x.layout, tuple(x.shape)
+    assert lay is not None and lay.by is not None
+    lo, hi = sorted((lay.dim, lay.by))
+    parts = lay.segments[0].parts
+    if hi == lo + 1 and out == shape[:lo] + (shape[lo] * shape[hi],) + shape[hi + 1:]:
+        if lay.by == lo:  # (parts, channels): the parts one after the other again
+            return Layout(lo, tuple(seg for part in parts for seg in part))
+        if ctx.builder.same_widths(list(parts)):  # (channels, parts): interleaved
+            return Layout(lo, (Mix(parts),))
+        why = "a channel shuffle of parts whose widths are not tied"
+    else:
+        why = "a reshape of split channels other than merging them back"
+    return _fixed_in_out(ctx, x, why, dim=min(lo, len(out) - 1))
 
 
 @register_rule(torch.permute, "permute")
@@ -687,7 +1081,8 @@ def permute_rule(ctx: RuleContext) -> Layout | None:
         return None
     dims = [a for a in _flatten(ctx.args[1:]) if isinstance(a, int)]
     dims = [a % len(x.shape) for a in dims]
-    return Layout(dims.index(x.layout.dim), x.layout.segments, x.layout.inner)
+    by = None if x.layout.by is None else dims.index(x.layout.by)
+    return Layout(dims.index(x.layout.dim), x.layout.segments, x.layout.inner, by)
 
 
 @register_rule(torch.transpose, "transpose", "swapaxes", torch.swapaxes)
@@ -697,9 +1092,89 @@ def transpose_rule(ctx: RuleContext) -> Layout | None:
         return None
     rank = len(x.shape)
     a, b = ctx.arg(1, "dim0") % rank, ctx.arg(2, "dim1") % rank
-    d = x.layout.dim
-    d = b if d == a else a if d == b else d
-    return Layout(d, x.layout.segments, x.layout.inner)
+
+    def moved(d: int) -> int:
+        return b if d == a else a if d == b else d
+
+    by = None if x.layout.by is None else moved(x.layout.by)
+    return Layout(moved(x.layout.dim), x.layout.segments, x.layout.inner, by)
+
+
+@register_rule("expand", "expand_as")
+def expand_rule(ctx: RuleContext) -> Layout | None:
+    """Broadcasting copies: the channel axis keeps its channels (new axes come first)."""
+    x = _channel_input(ctx)
+    out = ctx.out_shape
+    if x.layout is None or out is None:
+        return None
+    shift = len(out) - len(x.shape)
+    d = x.layout.dim + shift
+    if out[d] != x.shape[x.layout.dim]:
+        return _fixed_in_out(ctx, x, "expands the channel axis", dim=d)
+    by = None if x.layout.by is None else x.layout.by + shift
+    return Layout(d, x.layout.segments, x.layout.inner, by)
+
+
+@register_rule(torch.chunk, "chunk", torch.split, "split", torch.tensor_split, "tensor_split",
+               torch.unbind, "unbind")
+def split_rule(ctx: RuleContext) -> tuple[Layout | None, ...] | None:
+    """Pieces along another axis keep the layout; pieces along the channel axis are the
+    spaces they cover (a space cut inside becomes equal `Part`s of it)."""
+    x = _channel_input(ctx)
+    pieces = list(ctx.result) if isinstance(ctx.result, (list, tuple)) else []
+    if x.layout is None or not pieces:
+        return None
+    name = getattr(ctx.node.target, "__name__", ctx.node.target)
+    dim = ctx.arg(1 if name == "unbind" else 2, "dim", 0) % len(x.shape)
+    lay = x.layout
+    if name == "unbind":
+        if dim == lay.dim:
+            return _fixed_pieces(ctx, x, pieces, "unbinds the channel axis")
+        shift = 1 if dim < lay.dim else 0
+        return tuple(Layout(lay.dim - shift, lay.segments, lay.inner) for _ in pieces)
+    if dim != lay.dim:
+        return tuple(lay for _ in pieces)
+    sizes = [p.shape[dim] for p in pieces]
+    ctx.builder.cut_error = ""
+    cut = _cut_segments(ctx.builder, lay, sizes)
+    if cut is None:
+        why = f"a split of the channel axis into {len(sizes)} pieces that cuts a space unevenly"
+        if ctx.builder.cut_error:  # e.g. chunks after channel shuffles halve every block
+            why += f" ({ctx.builder.cut_error})"
+        return _fixed_pieces(ctx, x, pieces, why)
+    return tuple(Layout(dim, segs, lay.inner) for segs in cut)
+
+
+def _cut_segments(b: _Builder, lay: Layout, sizes: list[int]) -> list[tuple] | None:
+    """The segment lists of consecutive pieces of `sizes` entries, or None."""
+    if any(s % lay.inner for s in sizes):
+        return None
+    counts = [s // lay.inner for s in sizes]
+    if len(set(counts)) == 1:
+        return b.split(lay.segments, len(counts))
+    out: list[tuple] = []
+    segs = list(lay.segments)
+    for n in counts:  # unequal pieces: each must end where a segment ends
+        piece: list[Any] = []
+        while n > 0 and segs:
+            n -= b.seg_size(segs[0])
+            piece.append(segs.pop(0))
+        if n != 0:
+            return None
+        out.append(tuple(piece))
+    return out
+
+
+def _fixed_pieces(ctx: RuleContext, x: Traced, pieces: list[Any], why: str) -> tuple:
+    ctx.fix(x.layout, why)
+    d = x.layout.dim if x.layout is not None else 1
+    out: list[Layout | None] = []
+    for p in pieces:
+        if isinstance(p, torch.Tensor) and p.dim() > d:
+            out.append(Layout(d, (ctx.new_space(p.shape[d], fixed=f"{ctx.name}: {why}"),)))
+        else:
+            out.append(None)
+    return tuple(out)
 
 
 @register_rule(torch.mean, torch.sum, torch.amax, "mean", "sum", "amax")
@@ -726,7 +1201,7 @@ def getitem_rule(ctx: RuleContext) -> Any:
     index = ctx.value(ctx.node.args[1])
     if not isinstance(source, Traced):
         item = source[index] if isinstance(source, (list, tuple)) else None
-        return item.layout if isinstance(item, Traced) else None
+        return item.layout if isinstance(item, (Traced, _Dim)) else None
     if source.layout is None:
         return None
     return _index_layout(ctx, source, index)
@@ -757,10 +1232,145 @@ def _index_layout(ctx: RuleContext, x: Traced, index: Any) -> Layout | None:
     return Layout(new_axis + (d - axis), x.layout.segments, x.layout.inner)
 
 
+class _Dim(int):
+    """A size read off a tensor's channel axis (`x.shape[1]`, `x.size(1)`): a reshape that
+    uses it takes that axis' width, whatever the width is."""
+
+    layout: Layout
+
+    def __new__(cls, value: int, layout: Layout) -> _Dim:
+        obj = super().__new__(cls, value)
+        obj.layout = layout
+        return obj
+
+
 @register_rule("size", "dim", "numel", getattr)
-def shape_query_rule(ctx: RuleContext) -> None:
-    """Shape queries produce Python values, not tensors."""
+def shape_query_rule(ctx: RuleContext) -> Any:
+    """Shape queries produce Python values; a size of a channel axis remembers it."""
+    x = ctx.value(ctx.node.args[0])
+    target = ctx.node.target
+    if not isinstance(x, Traced) or x.layout is None or x.layout.by is not None:
+        return None
+    if target == "size" or (target is getattr and ctx.node.args[1] == "shape"):
+        axis = ctx.arg(1, "dim") if target == "size" else None
+        if axis is None:
+            return tuple(x.layout if i == x.layout.dim else None for i in range(len(x.shape)))
+        return x.layout if axis % len(x.shape) == x.layout.dim else None
     return None
+
+
+def _tie_sizes(ctx: RuleContext, res: Layout | None) -> None:
+    """A view / reshape to sizes read off channel axes: those widths size its output."""
+    if ctx.node.target not in ("view", "reshape", torch.reshape):
+        return
+    sizes = [a for a in _flatten(list(ctx.args[1:]) + list(ctx.kwargs.values()))
+             if isinstance(a, int)]
+    out = ctx.out_shape
+    if out is None or len(sizes) != len(out):
+        return
+    for k, size in enumerate(sizes):
+        if not isinstance(size, _Dim):
+            continue
+        src = size.layout
+        if (res is not None and res.dim == k and res.by is None and res.inner == 1
+                and src.inner == 1 and ctx.builder.same_widths([src.segments, res.segments])):
+            continue
+        why = "a reshape sized by this channel width"
+        ctx.fix(src, why)
+        ctx.fix(res, why)
+
+
+MATMUL_OPS: tuple[Any, ...] = (
+    torch.matmul, torch.bmm, torch.mm, torch.einsum, torch.baddbmm, torch.addmm,
+    operator.matmul, F.scaled_dot_product_attention, F.linear, "matmul", "bmm", "mm",
+)
+
+
+@register_rule(*MATMUL_OPS)
+def matmul_rule(ctx: RuleContext) -> Layout | None:
+    """Products of activations (attention): their channels stay at full width, named in the
+    discovery warning (their MACs are measured, not modelled)."""
+    inputs = ctx.tensor_inputs()
+    touched = [t for t in inputs if t.layout is not None]
+    if not touched:
+        return None
+    why = "a product of activations (attention) over these channels"
+    return _limited(ctx, inputs, why)
+
+
+def _limited(ctx: RuleContext, inputs: list[Traced], why: str) -> Layout | None:
+    """An op a rule knows but cannot slim: fix its channels and name it in the warning."""
+    ctx.builder.limited.setdefault(ctx.name, why)
+    for t in inputs:
+        ctx.builder.fix(t.layout, f"{ctx.name}: {why}", main=True)
+    return ctx.fixed_output(why, _output_axis(ctx, inputs))
+
+
+@register_rule(nn.MultiheadAttention)
+def multihead_attention_rule(ctx: RuleContext) -> tuple[Layout | None, None]:
+    """nn.MultiheadAttention ties its heads to the embedding width: both stay full."""
+    inputs = ctx.tensor_inputs()
+    why = "nn.MultiheadAttention ties its heads to the embedding width"
+    ctx.builder.limited.setdefault(ctx.name, why)
+    for t in inputs:
+        ctx.builder.fix(t.layout, f"{ctx.name}: {why}", main=True)
+    query = ctx.value(ctx.node.args[0]) if ctx.node.args else ctx.kwargs.get("query")
+    out = ctx.result[0] if isinstance(ctx.result, (tuple, list)) else ctx.result
+    if isinstance(query, Traced) and query.layout is not None \
+            and tuple(query.shape) == tuple(out.shape):
+        return query.layout, None
+    last = out.dim() - 1
+    return Layout(last, (ctx.new_space(out.shape[last], fixed=f"{ctx.name}: {why}"),)), None
+
+
+@register_rule(*_torchvision("models.swin_transformer", "shifted_window_attention"))
+def window_attention_rule(ctx: RuleContext) -> Layout | None:
+    """Swin's window attention splits its input width into heads: it stays full."""
+    x = _channel_input(ctx)
+    why = "Swin window attention splits the embedding width into heads"
+    ctx.builder.limited.setdefault(ctx.name, why)
+    ctx.builder.fix(x.layout, f"{ctx.name}: {why}", main=True)
+    return x.layout
+
+
+@register_rule(*_torchvision("models.swin_transformer", "_get_relative_position_bias"))
+def position_bias_rule(ctx: RuleContext) -> None:
+    """A relative position bias per attention head (a constant of the heads)."""
+    for t in ctx.tensor_inputs():
+        ctx.fix(t.layout, "a relative position bias per attention head")
+    return None
+
+
+@register_rule(*_torchvision("models.swin_transformer", "_patch_merging_pad"))
+def patch_merging_rule(ctx: RuleContext) -> Layout | None:
+    """Swin's patch merging: the four 2x2 neighbours concatenated along the channels."""
+    x = _channel_input(ctx)
+    out = ctx.out_shape
+    if x.layout is None or out is None:
+        return None
+    d = x.layout.dim
+    if d == len(x.shape) - 1 and len(out) == len(x.shape) and out[d] == 4 * x.shape[d]:
+        return Layout(d, x.layout.segments * 4, x.layout.inner)
+    return _fixed_in_out(ctx, x, "a patch merging over another axis", dim=d)
+
+
+@register_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, nn.Softmax,
+               nn.LogSoftmax, "softmax", "log_softmax")
+def softmax_rule(ctx: RuleContext) -> Layout | None:
+    """Softmax over another axis keeps the channels; over the channel axis it couples them."""
+    x = _channel_input(ctx)
+    if x.layout is None:
+        return None
+    dim = ctx.module.dim if isinstance(ctx.module, (nn.Softmax, nn.LogSoftmax)) \
+        else ctx.arg(1, "dim")
+    if dim is None or dim % len(x.shape) == x.layout.dim:
+        return _fixed_in_out(ctx, x, "a softmax over the channel axis", dim=x.layout.dim)
+    return x.layout
+
+
+_SPLIT_AWARE: set[Any] = {reshape_rule, permute_rule, transpose_rule, passthrough_rule,
+                          expand_rule, shape_query_rule}
+"""Rules that follow a channel axis split in two; any other op fixes such channels."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -773,15 +1383,19 @@ def discover(
     """Trace `model` on `example_input` and find its channel groups.
 
     Constructs without a rule fix the channels they touch and are named in one warning.
+    The inference graph gives the costs; when the training graph calls more (auxiliary
+    heads), it is recorded too, so the modules only training runs are sliced as well.
     """
+    from torch.utils.flop_counter import FlopCounterMode
+
     gm = trace(model, rules)
     builder = _Builder(gm, rules or RULES)
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            _Recorder(gm, builder).run(*args)
+        with torch.no_grad(), counted_attention(), FlopCounterMode(display=False) as counter:
+            _Recorder(gm, builder, counter).run(*args)
     except WidthSearchError:
         raise
     except Exception as err:
@@ -792,10 +1406,69 @@ def discover(
         ) from err
     finally:
         model.train(was_training)
+    train_gm = _training_graph(model, rules, gm)
+    if train_gm is not None:
+        _record_training_graph(builder, train_gm, args, model)
     return _finish(builder, model)
 
 
+@contextlib.contextmanager
+def counted_attention() -> Iterator[None]:
+    """Run nn.MultiheadAttention on its unfused path, whose MACs FlopCounterMode sees (its
+    fused inference kernel is invisible to it), so measured MACs include attention."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+def _training_graph(model: nn.Module, rules: RuleTable | None, eval_gm: fx.GraphModule
+                    ) -> fx.GraphModule | None:
+    """The training-mode graph if it differs from the inference one (auxiliary heads)."""
+    try:
+        gm = trace(model, rules, training=True)
+    except WidthSearchError:
+        return None
+
+    def signature(g: fx.GraphModule) -> list[tuple[str, str]]:
+        return [(n.op, str(n.target)) for n in g.graph.nodes]
+
+    return None if signature(gm) == signature(eval_gm) else gm
+
+
+def _record_training_graph(b: _Builder, gm: fx.GraphModule, args: tuple, model: nn.Module
+                           ) -> None:
+    """Couple channels along the training-only path too; costs stay the inference ones."""
+    kept = len(b.layers), len(b.ops), len(b.fixed_macs)
+    eval_gm, b.gm = b.gm, gm
+    was_training = model.training
+    model.eval()  # the training graph's control flow, the modules' inference arithmetic
+    try:
+        with torch.no_grad():
+            _Recorder(gm, b).run(*args)
+    except WidthSearchError:
+        raise
+    except Exception as err:
+        msg = (f"the training-mode graph of {type(model).__name__} (auxiliary heads) does not "
+               f"run at this example input ({err}); the modules only training uses are not "
+               "sliced, so train the supernet in eval-mode graphs or use a larger input")
+        b.messages.append(msg)
+        warnings.warn(msg, stacklevel=4)
+    finally:
+        model.train(was_training)
+        b.gm = eval_gm
+        del b.layers[kept[0]:], b.ops[kept[1]:], b.fixed_macs[kept[2]:]
+
+
 def _finish(b: _Builder, model: nn.Module) -> ChannelGraph:
+    for pname, uses in b.parameter_uses.items():  # slice a parameter only if every use can
+        users = {u for node in b.values if node.op == "get_attr" and node.target == pname
+                 for u in node.users}
+        if not users <= uses:
+            axis, layout = b.parameters.pop(pname)
+            b.fix(layout, f"the parameter {pname!r} is also used where it cannot be sliced")
     roots = sorted({b.find(s) for s in range(len(b.parent))})
     names: dict[int, str] = {}
     taken: set[str] = set()
@@ -816,6 +1489,7 @@ def _finish(b: _Builder, model: nn.Module) -> ChannelGraph:
             members=tuple(b.members.get(r, [])),
             fixed=b.fixed.get(r),
             granularity=b.granularity.get(r, 1),
+            blocks=b.blocks.get(r, 1),
         )
         for r in roots
     ]
@@ -834,7 +1508,22 @@ def _finish(b: _Builder, model: nn.Module) -> ChannelGraph:
         for name, kind, x, y, positions, kernel, groups_ in b.layers
     ]
     ops = [OpRecord(name, tuple(traced(t) for t in tensors)) for name, tensors in b.ops]
-    msgs = []
+    parameters = {}
+    for pname, (axis, layout) in b.parameters.items():
+        glayout = b.group_layout(layout, names)
+        assert glayout is not None
+        parameters[pname] = ParamBinding(pname, axis, glayout)
+    fixed_macs = [MacRecord(name, macs) for name, macs in b.fixed_macs]
+    msgs = list(b.messages)
+    if b.limited:
+        by_reason: dict[str, list[str]] = {}
+        for op, why in b.limited.items():
+            by_reason.setdefault(why, []).append(op)
+        listed = "; ".join(
+            f"{why}: {', '.join(ops[:3])}" + (f" and {len(ops) - 3} more" if len(ops) > 3 else "")
+            for why, ops in by_reason.items())
+        msgs.append(f"widthsearch keeps the channels of these ops at full width ({listed})")
+        warnings.warn(msgs[-1], stacklevel=3)
     if b.unknown:
         fixed_groups = sorted({
             names[b.find(s)] for s, why in b.fixed.items()
@@ -848,7 +1537,8 @@ def _finish(b: _Builder, model: nn.Module) -> ChannelGraph:
         )
         warnings.warn(msgs[-1], stacklevel=3)
     params_total = sum(p.numel() for p in model.parameters())
-    return ChannelGraph(groups, bindings, layers, ops, msgs, params_total)
+    return ChannelGraph(groups, bindings, layers, ops, msgs, params_total, parameters,
+                        fixed_macs)
 
 
 def describe_groups(groups: Iterable[GroupInfo]) -> str:

@@ -24,6 +24,9 @@ class ChannelGroup:
     `producers` write the group's channels (conv / linear outputs), `consumers` read them
     (conv / linear inputs), `members` carry them through (norms). `fixed` names why a group
     must stay at full width (model input, classifier output, an op without a rule).
+    Widths are multiples of `granularity`; a group with `blocks` > 1 (a channel shuffle's
+    chunks, a grouped conv that keeps its groups) takes the same channels inside each of
+    its `blocks` equal blocks.
     """
 
     name: str
@@ -35,6 +38,7 @@ class ChannelGroup:
     members: tuple[str, ...] = ()
     fixed: str | None = None
     granularity: int = 1
+    blocks: int = 1
 
     @property
     def slimmable(self) -> bool:
@@ -47,6 +51,8 @@ class ChannelGroup:
             lines.append(f"  fixed at full width: {self.fixed}")
         else:
             lines.append(f"  widths: {_compact(self.choices)} (step {self.step})")
+            if self.blocks > 1:
+                lines.append(f"  the same channels inside each of {self.blocks} equal blocks")
         for label, names in (
             ("produced by", self.producers),
             ("consumed by", self.consumers),

@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 
 from .cost import Cost, CostModel
-from .dynamic import DynamicModule, make_dynamic
+from .dynamic import DynamicModule, DynamicParameter, make_dynamic, unslice
 from .errors import WidthSearchError
-from .graph import ChannelGraph, GroupLayout, RuleTable, discover
+from .graph import ChannelGraph, GroupLayout, Mix, Part, RuleTable, counted_attention, discover
 from .patterns import Pattern, Selection, as_selection, get_pattern, selection_tensor
 from .space import ChannelGroup, WidthConfig, WidthSpace, default_choices, default_step
 
@@ -82,6 +82,11 @@ class Supernet(nn.Module):
             dyn = make_dynamic(binding.kind, model.get_submodule(name))
             model.set_submodule(name, dyn)
             self._dynamic[name] = dyn
+        self._params: dict[str, DynamicParameter] = {}
+        for name, pb in self.graph.parameters.items():
+            owner, _, attr = name.rpartition(".")
+            self._params[name] = DynamicParameter(
+                model.get_submodule(owner) if owner else model, attr, pb.axis)
         self._selections: dict[tuple[str, int, int], Selection] = {}
         self._composed: dict[tuple, Selection] = {}
         self._config = self.space.max()
@@ -133,13 +138,16 @@ class Supernet(nn.Module):
                 self._compose(binding.in_layout, cfg, picks, device),
                 self._compose(binding.out_layout, cfg, picks, device),
             )
+        for name, param in self._params.items():
+            sel = self._compose(self.graph.parameters[name].layout, cfg, picks, device)
+            param.set_selection(sel, sel)
         self._config, self._choice = cfg, picks
         return _Activation(self, previous)
 
     def num_choices(self, config: Mapping[str, int]) -> dict[str, int]:
         """How many pattern assignments each group has at `config` (groups with >1 only)."""
         cfg = self.space.validate(config)
-        counts = {g.name: self.pattern.num_choices(g.size, cfg[g.name], g.step)
+        counts = {g.name: self.pattern.num_choices(*_pattern_args(g, cfg[g.name]))
                   for g in self.space.groups}
         return {k: v for k, v in counts.items() if v > 1}
 
@@ -155,13 +163,13 @@ class Supernet(nn.Module):
         if isinstance(choice, int):
             picks = {}
             for g in self.space.groups:
-                if choice < self.pattern.num_choices(g.size, cfg[g.name], g.step):
+                if choice < self.pattern.num_choices(*_pattern_args(g, cfg[g.name])):
                     picks[g.name] = choice
             return {k: v for k, v in picks.items() if v}
         picks = {}
         for name, k in choice.items():
             g = self.space[name]
-            n = self.pattern.num_choices(g.size, cfg[name], g.step)
+            n = self.pattern.num_choices(*_pattern_args(g, cfg[name]))
             if not 0 <= int(k) < n:
                 raise WidthSearchError(
                     f"choice {k} for group {name!r} at width {cfg[name]} is out of range "
@@ -175,32 +183,55 @@ class Supernet(nn.Module):
         key = (name, width, k)
         if key not in self._selections:
             g = self.space[name]
-            self._selections[key] = self.pattern.indices(g.size, width, g.step, k)
+            n, c, step = _pattern_args(g, width)
+            sel = self.pattern.indices(n, c, step, k)
+            if g.blocks > 1:  # the same channels inside every block
+                inside = selection_tensor(sel)
+                sel = as_selection(torch.cat([inside + b * n for b in range(g.blocks)]))
+            self._selections[key] = sel
         return self._selections[key]
 
     def _compose(self, layout: GroupLayout, cfg: WidthConfig, picks: dict[str, int],
                  device: torch.device) -> Selection:
-        """The active entries of a (possibly concatenated, flattened) channel axis."""
-        state = tuple((cfg[n], picks.get(n, 0)) for n in layout.segments)
+        """The active entries of a (possibly concatenated, flattened, shuffled) channel axis."""
+        names = _leaf_groups(layout.segments)
+        state = tuple((cfg[n], picks.get(n, 0)) for n in names)
         key = (layout, state, device)
         if key in self._composed:
             return self._composed[key]
-        sels = [self._group_selection(n, w, k)
-                for n, (w, k) in zip(layout.segments, state, strict=True)]
-        if len(sels) == 1 and layout.inner == 1:
-            sel = sels[0]
+        first = layout.segments[0] if len(layout.segments) == 1 else None
+        if isinstance(first, str) and layout.inner == 1:
+            sel = self._group_selection(first, cfg[first], picks.get(first, 0))
         else:
-            parts, offset = [], 0
-            for name, s in zip(layout.segments, sels, strict=True):
-                parts.append(selection_tensor(s) + offset)
-                offset += self.space[name].size
-            channels = torch.cat(parts)
+            channels, _ = self._channels(layout.segments, cfg, picks)
             inner = torch.arange(layout.inner)
             sel = as_selection((channels[:, None] * layout.inner + inner).flatten())
         if isinstance(sel, torch.Tensor):
             sel = sel.to(device)
         self._composed[key] = sel
         return sel
+
+    def _channels(self, segments: tuple, cfg: WidthConfig, picks: dict[str, int]
+                  ) -> tuple[torch.Tensor, int]:
+        """The active channels of a segment list (positions on its axis) and its full size."""
+        parts, offset = [], 0
+        for seg in segments:
+            if isinstance(seg, Mix):  # entry i * g + j is entry i of part j
+                subs = [self._channels(p, cfg, picks) for p in seg.parts]
+                g = len(subs)
+                idx = torch.stack([s * g + j for j, (s, _) in enumerate(subs)], 1).flatten()
+                size = subs[0][1] * g
+            else:
+                name = seg.space if isinstance(seg, Part) else seg
+                full = selection_tensor(self._group_selection(name, cfg[name], picks.get(name, 0)))
+                size = self.space[name].size
+                if isinstance(seg, Part):  # block range `index` of `count`, block-major order
+                    width, size = cfg[name] // seg.count, size // seg.count
+                    full = full[seg.index * width:(seg.index + 1) * width] - seg.index * size
+                idx = full
+            parts.append(idx + offset)
+            offset += size
+        return (torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)), offset
 
     def _apply(self, fn: Any, recurse: bool = True) -> Supernet:
         """After .to(device) / .cuda(), re-place the index tensors beside the weights."""
@@ -232,7 +263,10 @@ class Supernet(nn.Module):
             for name, dyn in self._dynamic.items():
                 memo[id(dyn)] = dyn.materialize().train(dyn.training)
                 shapes[name] = dyn.shape_spec()
-            plain = copy.deepcopy(self.model, memo)
+            for name, param in self._params.items():
+                memo[id(param.full)] = param.materialize()
+                shapes[name] = param.shape_spec()
+            plain = unslice(copy.deepcopy(self.model, memo))
             spec = dict(getattr(self.model, "widthsearch_spec", {}) or {})
             spec.update(width_config=self._config.to_dict(), choice=dict(self._choice),
                         shapes=shapes)
@@ -299,17 +333,38 @@ class Supernet(nn.Module):
 def _build_space(graph: ChannelGraph, min_ratio: float, divisions: int) -> WidthSpace:
     groups = []
     for info in graph.groups:
-        step = default_step(info.size, divisions, info.granularity)
+        unit = info.granularity * info.blocks  # widths: whole units in every block
+        step = default_step(info.size, divisions, unit)
         fixed = info.fixed
-        if not fixed and info.size % info.granularity:
-            fixed = f"{info.size} channels do not split into blocks of {info.granularity}"
+        if not fixed and info.size % unit:
+            fixed = f"{info.size} channels do not split into blocks of {info.granularity}" \
+                if info.blocks == 1 else \
+                f"{info.size} channels do not split into {info.blocks} equal blocks" + \
+                (f" of whole groups of {info.granularity}" if info.granularity > 1 else "")
         widths = (info.size,) if fixed else default_choices(info.size, min_ratio=min_ratio, step=step)
         groups.append(ChannelGroup(
             name=info.name, size=info.size, choices=widths, step=step,
             producers=info.producers, consumers=info.consumers, members=info.members,
-            fixed=fixed, granularity=info.granularity,
+            fixed=fixed, granularity=unit, blocks=info.blocks,
         ))
     return WidthSpace(tuple(groups))
+
+
+def _pattern_args(g: ChannelGroup, width: int) -> tuple[int, int, int]:
+    """(size, width, step) the pattern sees: one block's share when the group has blocks."""
+    b = g.blocks
+    return g.size // b, width // b, max(1, g.step // b)
+
+
+def _leaf_groups(segments: tuple) -> list[str]:
+    out: list[str] = []
+    for seg in segments:
+        if isinstance(seg, Mix):
+            for part in seg.parts:
+                out.extend(_leaf_groups(part))
+        else:
+            out.append(seg.space if isinstance(seg, Part) else seg)
+    return out
 
 
 def _check_example(model: nn.Module, example_input: Any) -> None:
@@ -341,10 +396,13 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def macs_of(module: nn.Module, example_input: torch.Tensor) -> int:
-    """MACs of one forward at batch 1 as torch's FlopCounterMode counts them (FLOPs / 2)."""
+    """MACs of one forward at batch 1 as torch's FlopCounterMode counts them (FLOPs / 2).
+
+    Attention runs unfused (`graph.counted_attention`): FlopCounterMode cannot see the fused
+    nn.MultiheadAttention inference kernel."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    with torch.no_grad(), counted_attention(), counter:
         module(example_input[:1])
     return math.ceil(counter.get_total_flops() / 2)
