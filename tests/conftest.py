@@ -17,6 +17,7 @@ import torch.nn as nn
 
 import widthsearch as ws
 from widthsearch.dynamic import DynamicModule
+from widthsearch.supernet import macs_of
 
 torch.set_num_threads(int(os.environ.get("WIDTHSEARCH_TEST_THREADS", "1")))
 
@@ -122,3 +123,18 @@ def make_supernet() -> Callable[..., tuple[ws.Supernet, torch.Tensor]]:
 def resnet20_net() -> tuple[ws.Supernet, torch.Tensor]:
     """A leftmost ResNet-20 supernet (1-channel, 10 classes) and a 2x1x28x28 batch."""
     return build_supernet("resnet20")
+
+
+def assert_exports_exactly(net: ws.Supernet, x: torch.Tensor, n: int = 4) -> None:
+    """At n random (config, choice) pairs the export matches the supernet and its MACs."""
+    net.eval()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(n):
+        cfg = net.space.sample(gen)
+        choice = net.sample_choice(cfg, gen)
+        with torch.no_grad(), net.activate(cfg, choice):
+            expected = net(x)
+        sub = net.export(cfg, choice).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(sub(x), expected, rtol=1e-6, atol=1e-5)
+        assert net.cost(cfg).macs == macs_of(sub, x)

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
-from conftest import PATTERNS, randomize_norms, widthsearch_classes
+from conftest import PATTERNS, assert_exports_exactly, randomize_norms, widthsearch_classes
 
 import widthsearch as ws
 from widthsearch import coverage
@@ -213,20 +213,6 @@ def test_channel_shuffle_widths_take_whole_blocks() -> None:
     assert fixed and all("cutting 3 channels into 2 equal pieces" in f for f in fixed)
 
 
-def _converts_exactly(net: ws.Supernet, x: torch.Tensor, n: int = 4) -> None:
-    net.eval()
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(n):
-        cfg = net.space.sample(gen)
-        choice = net.sample_choice(cfg, gen)
-        with torch.no_grad(), net.activate(cfg, choice):
-            expected = net(x)
-        sub = net.export(cfg, choice).eval()
-        with torch.no_grad():
-            torch.testing.assert_close(sub(x), expected, rtol=1e-6, atol=1e-5)
-        assert net.cost(cfg).macs == macs_of(sub, x)
-
-
 def test_a_reshape_sized_by_another_width_ties_the_two() -> None:
     class Tied(nn.Module):
         def __init__(self) -> None:
@@ -245,7 +231,7 @@ def test_a_reshape_sized_by_another_width_ties_the_two() -> None:
         warnings.simplefilter("error", UserWarning)  # no "fails to run when slimmed"
         net = ws.Supernet(Tied(), x[:1], pattern="cafenet")
     assert net.space["a"].slimmable and "b" not in net.space.names
-    _converts_exactly(net, x)
+    assert_exports_exactly(net, x)
 
 
 def test_splitting_a_concatenation_back_keeps_its_groups() -> None:
@@ -266,7 +252,7 @@ def test_splitting_a_concatenation_back_keeps_its_groups() -> None:
     x = torch.randn(2, 3, 4, 4)
     net = ws.Supernet(Split(), x[:1], pattern="bcnet")
     assert net.space["a"].slimmable and net.space["b"].slimmable
-    _converts_exactly(net, x)
+    assert_exports_exactly(net, x)
 
 
 def test_unknown_op_converts_with_a_named_warning() -> None:

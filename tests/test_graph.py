@@ -9,7 +9,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import PATTERNS, build_supernet, randomize_norms
+from conftest import PATTERNS, assert_exports_exactly, build_supernet, randomize_norms
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -178,20 +178,6 @@ def _build_recording(model: nn.Module, x: torch.Tensor, **kwargs) -> tuple[ws.Su
     return net, [w for w in caught if issubclass(w.category, UserWarning)]
 
 
-def _runs_and_exports(net: ws.Supernet, x: torch.Tensor, n: int = 4) -> None:
-    net.eval()
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(n):
-        cfg = net.space.sample(gen)
-        choice = net.sample_choice(cfg, gen)
-        with torch.no_grad(), net.activate(cfg, choice):
-            expected = net(x)
-        sub = net.export(cfg, choice).eval()
-        with torch.no_grad():
-            torch.testing.assert_close(sub(x), expected, rtol=1e-6, atol=1e-5)
-        assert net.cost(cfg).macs == macs_of(sub, x)
-
-
 @pytest.mark.parametrize(
     ("model_cls", "op", "fixed_groups", "now_slimmable"),
     [(_Rolled, "roll", {"c2", "roll"}, "c2"), (_Wrapped, "shifted_tanh", {"c1", "shifted_tanh"}, "c1")],
@@ -213,7 +199,7 @@ def test_op_without_a_rule_fixes_its_channels_and_warns_once(
     assert not net.space[now_slimmable].slimmable
     assert net.graph.warnings == [message]
     assert net.space["c3" if op == "roll" else "c2"].slimmable  # the rest still slims
-    _runs_and_exports(net, x)
+    assert_exports_exactly(net, x)
 
     # teach a private copy of the rule table the op: it becomes slimmable, no warning
     rules = graph.RULES.copy()
@@ -224,7 +210,7 @@ def test_op_without_a_rule_fixes_its_channels_and_warns_once(
     assert caught2 == []
     assert net2.space[now_slimmable].slimmable
     assert not any(g.fixed and "no rule" in g.fixed for g in net2.space.groups)
-    _runs_and_exports(net2, x)
+    assert_exports_exactly(net2, x)
     # the default table is untouched: a third conversion warns again
     _, caught3 = _build_recording(model_cls(), x)
     assert len(caught3) == 1
@@ -277,7 +263,7 @@ def test_channel_reduction_fixes_the_group() -> None:
     assert caught == []
     assert net.space["c1"].fixed and "reduction over the channel axis" in net.space["c1"].fixed
     assert net.space["c2"].slimmable
-    _runs_and_exports(net, x)
+    assert_exports_exactly(net, x)
 
 
 class _TokenMixing(nn.Module):
@@ -325,7 +311,7 @@ def test_layers_over_another_axis_are_fixed_with_exact_costs(model_cls) -> None:
     for cfg in (net.space.max(), net.space.min()):
         sub = net.export(cfg).eval()
         assert net.cost(cfg).macs == macs_of(sub, x)
-    _runs_and_exports(net, x)
+    assert_exports_exactly(net, x)
 
 
 class _HardCodedWidth(nn.Module):
@@ -352,7 +338,7 @@ def test_verification_fixes_groups_that_do_not_run_when_slimmed() -> None:
     assert not net.space["a"].slimmable
     assert net.space["a"].fixed.startswith("does not run when slimmed")
     assert net.space["b"].slimmable  # the other branch still slims
-    _runs_and_exports(net, x)
+    assert_exports_exactly(net, x)
 
 
 # --------------------------------------------------------------------------- random CNNs
