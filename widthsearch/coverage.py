@@ -295,10 +295,6 @@ def render(reports: Sequence[ModelReport]) -> str:
 
 def _notes(reports: Sequence[ModelReport]) -> list[str]:
     text = {
-        "shufflenet": "ShuffleNetV2 splits its features in halves (`chunk`) after every "
-        "channel shuffle, so a stage of n blocks needs the same number of channels from each "
-        "of 2^(n-1) equal blocks of its width; a stage whose width those blocks do not "
-        "divide stays at full width (its branches' inner widths still slim).",
         "vit": "ViT: nn.MultiheadAttention ties its heads to the embedding width, and the "
         "class token and position embedding are added to it, so the embedding width stays "
         "full; the MLP hidden width of every block slims.",

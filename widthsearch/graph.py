@@ -458,6 +458,31 @@ class _Builder:
         self.add_blocks(space, count * m)
         return [(Part(space, index * m + j, count * m),) for j in range(m)]
 
+    def positional_split(self, segments: tuple, k: int) -> list[tuple] | None:
+        """Cut a segment list into `k` equal pieces by position (a `chunk` of an axis whose
+        blocks it cannot cut evenly, such as a concatenation that went through shuffles).
+
+        Each piece takes 1/k of every group's width; its channels are matched to the
+        consumer's weights by position instead of by the channel they were at full width.
+        The model's own `chunk` halves the narrow axis the same way, so the supernet and the
+        exported model compute the same thing; only channels that the exact cut would keep
+        together are lost. None when a group's share is not a whole number of blocks.
+        """
+        piece: list[Any] = []
+        for root, coefficient in self.width_form(segments).items():
+            share = coefficient / k
+            whole, blocks = share.numerator, share.denominator
+            if blocks == 1:
+                piece += [root] * whole
+                continue
+            if self.size[root] % blocks or whole > blocks:
+                self.cut_error = (f"{self.size[root]} channels give no whole share of "
+                                  f"1/{k} by position")
+                return None
+            self.add_blocks(root, blocks)
+            piece += [Part(root, i, blocks) for i in range(whole)]
+        return [tuple(piece) for _ in range(k)]
+
     def width_form(self, segments: Iterable[Any]) -> dict[int, Fraction]:
         """The active width of a segment list as coefficients of its spaces' widths."""
         form: dict[int, Fraction] = {}
@@ -1119,7 +1144,8 @@ def expand_rule(ctx: RuleContext) -> Layout | None:
                torch.unbind, "unbind")
 def split_rule(ctx: RuleContext) -> tuple[Layout | None, ...] | None:
     """Pieces along another axis keep the layout; pieces along the channel axis are the
-    spaces they cover (a space cut inside becomes equal `Part`s of it)."""
+    spaces they cover (a space cut inside becomes equal `Part`s of it). A `chunk` that cuts
+    blocks unevenly (after channel shuffles) takes equal shares by position instead."""
     x = _channel_input(ctx)
     pieces = list(ctx.result) if isinstance(ctx.result, (list, tuple)) else []
     if x.layout is None or not pieces:
@@ -1135,14 +1161,50 @@ def split_rule(ctx: RuleContext) -> tuple[Layout | None, ...] | None:
     if dim != lay.dim:
         return tuple(lay for _ in pieces)
     sizes = [p.shape[dim] for p in pieces]
-    ctx.builder.cut_error = ""
-    cut = _cut_segments(ctx.builder, lay, sizes)
+    b = ctx.builder
+    b.cut_error = ""
+    cut = _least_constraining_cut(b, lay, sizes, by_position=_pieces_follow_width(ctx, name))
     if cut is None:
         why = f"a split of the channel axis into {len(sizes)} pieces that cuts a space unevenly"
-        if ctx.builder.cut_error:  # e.g. chunks after channel shuffles halve every block
-            why += f" ({ctx.builder.cut_error})"
+        if b.cut_error:
+            why += f" ({b.cut_error})"
         return _fixed_pieces(ctx, x, pieces, why)
     return tuple(Layout(dim, segs, lay.inner) for segs in cut)
+
+
+def _pieces_follow_width(ctx: RuleContext, name: str) -> bool:
+    """True when the op cuts any width into the same number of equal pieces (`chunk`,
+    `tensor_split` into n sections), not into pieces of sizes written in the model."""
+    if name == "chunk":
+        return True
+    return name == "tensor_split" and isinstance(ctx.arg(1, "indices_or_sections"), int)
+
+
+def _least_constraining_cut(b: _Builder, lay: Layout, sizes: list[int], *, by_position: bool
+                            ) -> list[tuple] | None:
+    """The exact cut (pieces keep their channels), unless cutting by position forces fewer
+    equal blocks on the groups: after channel shuffles an exact `chunk` halves every block
+    again, while by position each piece simply takes its share of the width."""
+    before = dict(b.blocks)
+    exact = _cut_segments(b, lay, sizes)
+    after_exact = dict(b.blocks)
+    if not by_position or lay.inner != 1 or len(set(sizes)) != 1:
+        if exact is None:
+            b.blocks = before
+        return exact
+    b.blocks = dict(before)
+    error = b.cut_error
+    positional = b.positional_split(lay.segments, len(sizes))
+    if positional is not None and (exact is None or _constraint(b.blocks, before)
+                                   < _constraint(after_exact, before)):
+        return positional
+    b.blocks, b.cut_error = (after_exact, b.cut_error) if exact is not None else (before, error)
+    return exact
+
+
+def _constraint(blocks: dict[int, int], before: dict[int, int]) -> int:
+    """How many times more equal blocks a cut asks of the groups it touches."""
+    return math.prod(n // before.get(r, 1) for r, n in blocks.items())
 
 
 def _cut_segments(b: _Builder, lay: Layout, sizes: list[int]) -> list[tuple] | None:
