@@ -18,6 +18,7 @@ from widthsearch.data import (
     DEBIAN_DATASETS,
     FolderLoader,
     TensorLoader,
+    _EpochLoader,
     build_data,
     example_input,
     load_cifar,
@@ -418,6 +419,11 @@ def test_loader_augmentation_changes_images_not_labels(tmp_path):
 
 
 # --- batching, resume, ranks -------------------------------------------------------------------
+
+
+def test_loader_base_needs_a_load_hook():
+    with pytest.raises(TypeError, match="_load"):
+        _EpochLoader(10, 4, False, None, False, "cpu", 0, 1)
 
 
 def test_batch_counts_and_drop_last():

@@ -16,6 +16,7 @@ import widthsearch as ws
 from widthsearch.errors import WidthSearchError
 from widthsearch.train import (
     STRATEGIES,
+    Strategy,
     build_strategy,
     complementary,
     distill_loss,
@@ -111,6 +112,25 @@ def test_registry_rejects_unknown_names_and_options() -> None:
         with pytest.raises(WidthSearchError):
             build_strategy(name, **bad)
     assert build_strategy("cafenet", K=4).K == 4
+
+
+@pytest.mark.parametrize("name", ["sandwich", "cafenet", "bcnet", "uniform"])
+def test_shared_options_are_checked_alike(name: str) -> None:
+    for option, bad, message in [("uniform", 1, "option uniform must be true or false, got 1"),
+                                 ("min_ratio", 0, r"option min_ratio must be a number in \(0, 1\]"),
+                                 ("distill", None, "option distill must be true or false"),
+                                 ("temperature", -1, "option temperature must be a positive")]:
+        if option in STRATEGIES[name].defaults:
+            with pytest.raises(WidthSearchError, match=message):
+                build_strategy(name, **{option: bad})
+    if "distill" in STRATEGIES[name].defaults:  # checked in order: distill first
+        with pytest.raises(WidthSearchError, match="option distill"):
+            build_strategy(name, distill=1, uniform=1, temperature=0)
+
+
+def test_strategy_base_is_abstract() -> None:
+    with pytest.raises(TypeError, match="_step"):
+        Strategy()  # type: ignore[abstract]
 
 
 def test_patterns_are_checked() -> None:

@@ -14,6 +14,7 @@ for the final report only: DESIGN invariant 4).
 
 from __future__ import annotations
 
+import abc
 import gzip
 import math
 import os
@@ -304,7 +305,7 @@ def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return max(1, n // batch_size) if drop_last and n else math.ceil(n / batch_size)
 
 
-class _EpochLoader:
+class _EpochLoader(abc.ABC):
     """Epoch/batch bookkeeping shared by both loaders, so that resuming is exact.
 
     At the start of an epoch the generator draws the epoch's permutation (if shuffling) and
@@ -350,9 +351,9 @@ class _EpochLoader:
         """Batches per epoch on this rank."""
         return _num_batches(self.num_samples, self.batch_size, self.drop_last)
 
+    @abc.abstractmethod
     def _load(self, batches: Sequence[Tensor], seed: int, start: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield the (x, y) batches of ``batches[start:]``."""
-        raise NotImplementedError
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         if not self._resuming:

@@ -18,6 +18,7 @@ pick) is taken on losses averaged across ranks with `reduce_mean`, so ranks agre
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -65,7 +66,7 @@ def _check_positive(name: str, value: Any) -> float:
     return float(value)
 
 
-class Strategy:
+class Strategy(abc.ABC):
     """Base class. Subclasses set `name` and `defaults` (option -> default value) and
     implement `_step`; options are validated by `_validate` into attributes."""
 
@@ -83,7 +84,7 @@ class Strategy:
         self._validate()
         self.last_config: WidthConfig | None = None
 
-    def _validate(self) -> None:
+    def _validate(self) -> None:  # noqa: B027  (optional hook: a strategy without options)
         """Check `self.options` and copy them into attributes."""
 
     def check(self, net: nn.Module) -> None:
@@ -102,10 +103,11 @@ class Strategy:
         with supernet.activate(supernet.config, supernet.choice):
             return self._step(net, supernet, x, y, loss_fn, generator, reduce_mean)
 
+    @abc.abstractmethod
     def _step(self, net: nn.Module, supernet: Any, x: torch.Tensor, y: torch.Tensor,
               loss_fn: LossFn, generator: torch.Generator,
               reduce_mean: ReduceMean) -> dict[str, float]:
-        raise NotImplementedError
+        """The strategy's own forwards and backwards, run by `step` inside its width guard."""
 
     def state_dict(self) -> dict[str, Any]:
         """Resumable state (plain Python values, safe for torch.load(weights_only=True))."""
@@ -122,6 +124,19 @@ class Strategy:
         return f"{type(self).__name__}({opts})"
 
     # -- shared pieces -------------------------------------------------------------------
+    def _validate_sampling(self) -> None:
+        """Check `uniform` and `min_ratio`, the options every strategy passes to `_sample`."""
+        o = self.options
+        self.uniform = _check_bool("uniform", o["uniform"])
+        self.min_ratio = _check_ratio("min_ratio", o["min_ratio"])
+
+    def _validate_distill_sampling(self) -> None:
+        """Check `distill`, the sampling options and `temperature`, in that order: the
+        distilling strategies share them, so each is checked (and worded) in one place."""
+        self.distill = _check_bool("distill", self.options["distill"])
+        self._validate_sampling()
+        self.temperature = _check_positive("temperature", self.options["temperature"])
+
     def _train(self, net: nn.Module, supernet: Any, config: WidthConfig, choice: Any,
                x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
                teacher: torch.Tensor | None = None, weight: float = 1.0,
@@ -170,12 +185,8 @@ class Sandwich(Strategy):
     }
 
     def _validate(self) -> None:
-        o = self.options
-        self.n = _check_int("n", o["n"], 0)
-        self.distill = _check_bool("distill", o["distill"])
-        self.uniform = _check_bool("uniform", o["uniform"])
-        self.min_ratio = _check_ratio("min_ratio", o["min_ratio"])
-        self.temperature = _check_positive("temperature", o["temperature"])
+        self.n = _check_int("n", self.options["n"], 0)
+        self._validate_distill_sampling()
 
     def _step(self, net, supernet, x, y, loss_fn, generator, reduce_mean):  # type: ignore[no-untyped-def]
         space = supernet.space
@@ -203,10 +214,8 @@ class Uniform(Strategy):
                                           "random_choice": False}
 
     def _validate(self) -> None:
-        o = self.options
-        self.uniform = _check_bool("uniform", o["uniform"])
-        self.min_ratio = _check_ratio("min_ratio", o["min_ratio"])
-        self.random_choice = _check_bool("random_choice", o["random_choice"])
+        self._validate_sampling()
+        self.random_choice = _check_bool("random_choice", self.options["random_choice"])
 
     def _step(self, net, supernet, x, y, loss_fn, generator, reduce_mean):  # type: ignore[no-untyped-def]
         cfg = _sample(supernet.space, generator, self.uniform, self.min_ratio)
@@ -243,10 +252,7 @@ class CafeNet(Strategy):
         o = self.options
         self.K = _check_int("K", o["K"], 1)
         self.max_width_step = _check_bool("max_width_step", o["max_width_step"])
-        self.distill = _check_bool("distill", o["distill"])
-        self.uniform = _check_bool("uniform", o["uniform"])
-        self.min_ratio = _check_ratio("min_ratio", o["min_ratio"])
-        self.temperature = _check_positive("temperature", o["temperature"])
+        self._validate_distill_sampling()
         self.last_candidates: list[tuple[WidthConfig, dict[str, int]]] = []
         self.last_losses: list[float] = []
 
@@ -332,12 +338,8 @@ class BCNet(Strategy):
     }
 
     def _validate(self) -> None:
-        o = self.options
-        self.max_width_step = _check_bool("max_width_step", o["max_width_step"])
-        self.distill = _check_bool("distill", o["distill"])
-        self.uniform = _check_bool("uniform", o["uniform"])
-        self.min_ratio = _check_ratio("min_ratio", o["min_ratio"])
-        self.temperature = _check_positive("temperature", o["temperature"])
+        self.max_width_step = _check_bool("max_width_step", self.options["max_width_step"])
+        self._validate_distill_sampling()
         if self.distill and not self.max_width_step:
             raise WidthSearchError("bcnet: distill needs max_width_step (the max width teaches)")
         self.pending: WidthConfig | None = None
