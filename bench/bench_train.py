@@ -1,6 +1,8 @@
 """Training benchmarks: throughput per strategy, the cost of weight sharing, short runs.
 
     python bench/bench_train.py --out bench/results/train.json
+    python bench/bench_train.py --runs-only --model torchvision:shufflenet_v2_x0_5 \
+        --strategies sandwich cafenet bcnet --out bench/results/train-shufflenet.json
 
 1. Images/s of one optimizer step per strategy on ResNet-20 / Fashion-MNIST, next to training
    the full model alone (plain ResNet-20), interleaved in one run.
@@ -111,12 +113,12 @@ def sandwich_vs_standalone(steps: int, batch: int) -> dict:
             "ratio": statistics.median(sup) / statistics.median(alone)}
 
 
-def short_runs(subset: int, epochs: int) -> list[dict]:
+def short_runs(subset: int, epochs: int, model: str, strategies: list[str]) -> list[dict]:
     out = []
-    for name in STRATEGIES:
+    for name in strategies:
         pattern = {"cafenet": "cafenet", "bcnet": "bcnet"}.get(name, "leftmost")
         config = {
-            "model": {"name": "resnet20"},
+            "model": {"name": model},
             "data": {"subset": subset, "val_subset": 2000, "batch_size": 128},
             "supernet": {"pattern": pattern, "bins": name == "cafenet"},
             "strategy": {"name": name},
@@ -126,7 +128,7 @@ def short_runs(subset: int, epochs: int) -> list[dict]:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             result = Trainer(config, Path(tmp) / "run", progress=False).fit()
-        row = {"strategy": name, "train_images": subset, "epochs": epochs,
+        row = {"model": model, "strategy": name, "train_images": subset, "epochs": epochs,
                "minutes": (time.perf_counter() - start) / 60, "train_loss": result.train_loss}
         for label in ("max", "mid", "min"):
             row[f"val_accuracy_{label}"] = result.val[label]["accuracy"]
@@ -135,6 +137,17 @@ def short_runs(subset: int, epochs: int) -> list[dict]:
                                          for k, v in row.items() if k != "train_loss"), flush=True)
         out.append(row)
     return out
+
+
+def _timings(results: dict, steps: int, batch: int) -> None:
+    results["throughput"] = throughput(steps, batch)
+    for r in results["throughput"]:
+        print(f"throughput {r['strategy']}: {r['images_per_second']:.0f} images/s "
+              f"({r['time_vs_full_model']:.2f}x the full model's step)", flush=True)
+    results["sandwich_vs_standalone"] = sandwich_vs_standalone(steps, batch)
+    r = results["sandwich_vs_standalone"]
+    print(f"sandwich step {r['supernet_step_ms']:.0f} ms / standalone sum {r['standalone_sum_ms']:.0f} ms"
+          f" = {r['ratio']:.3f}", flush=True)
 
 
 def main() -> None:
@@ -146,21 +159,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-runs", action="store_true")
+    parser.add_argument("--runs-only", action="store_true", help="only the short runs")
+    parser.add_argument("--model", default="resnet20", help="the model of the short runs")
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES),
+                        choices=list(STRATEGIES), help="the strategies of the short runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                            "threads": args.threads}}
-    results["throughput"] = throughput(args.steps, args.batch)
-    for r in results["throughput"]:
-        print(f"throughput {r['strategy']}: {r['images_per_second']:.0f} images/s "
-              f"({r['time_vs_full_model']:.2f}x the full model's step)", flush=True)
-    results["sandwich_vs_standalone"] = sandwich_vs_standalone(args.steps, args.batch)
-    r = results["sandwich_vs_standalone"]
-    print(f"sandwich step {r['supernet_step_ms']:.0f} ms / standalone sum {r['standalone_sum_ms']:.0f} ms"
-          f" = {r['ratio']:.3f}", flush=True)
+    if not args.runs_only:
+        _timings(results, args.steps, args.batch)
     if not args.skip_runs:
-        results["runs"] = short_runs(args.subset, args.epochs)
+        results["runs"] = short_runs(args.subset, args.epochs, args.model, args.strategies)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")

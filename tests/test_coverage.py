@@ -204,19 +204,22 @@ def test_a_parameter_used_elsewhere_stays_full() -> None:
     assert "also used where it cannot be sliced" in net.space["conv"].fixed
 
 
-def test_shufflenet_stage_widths_slim_channel_by_channel() -> None:
+def test_shufflenet_stage_widths_all_slim() -> None:
     """Regression: an exact chunk after every shuffle forced a stage of n blocks into
-    2^(n-1) equal blocks, which 24 or 58 channels do not divide, so those stages stayed full."""
+    2^(n-1) equal blocks, which 24 or 58 channels do not divide, so those stages stayed full;
+    the chunk that cannot cut exactly now cuts by position."""
     net, x, messages = _build("shufflenet_v2_x0_5", "cafenet")
     assert messages == []
+    assert [g.name for g in net.space.groups if not g.slimmable] == ["input", "fc"]
     stage2 = net.space["stage2.0.branch1.2"]  # both branches and all 4 blocks of stage 2
-    assert stage2.slimmable and stage2.blocks == 1 and stage2.size == 24
-    assert len(stage2.choices) > 10
-    assert net.space["stage2.1.branch2.0"].slimmable  # a branch's inner width
+    assert stage2.blocks == 8 and stage2.choices == (8, 16, 24)  # every cut exact
+    stage3 = net.space["stage3.0.branch1.2"]  # 48 channels: the 5th halving falls inside
+    assert stage3.blocks == 16 and stage3.choices == (16, 32, 48)
 
 
 class _Shuffled(nn.Module):
-    """Two ShuffleNet-style units: concatenate, shuffle in two, chunk in halves."""
+    """ShuffleNet-style units: concatenate, shuffle in two, chunk in halves. The first chunk
+    cuts the two 6-channel spaces into exact halves of 3, the second cannot halve 3."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -242,8 +245,8 @@ class _Shuffled(nn.Module):
 def test_a_chunk_after_shuffles_takes_its_share_by_position(pattern: str) -> None:
     x = torch.randn(2, 3, 4, 4)
     net = ws.Supernet(_Shuffled(), x[:1], pattern=pattern)
-    group = net.space["a"]  # a, b, c and d keep one width: every chunk halves it
-    assert group.size == 6 and group.blocks == 1 and group.choices[0] < 6
+    group = net.space["a"]  # a, b, c and d keep one width
+    assert group.size == 6 and group.blocks == 2 and group.choices == (2, 4, 6)  # 1st cut exact
     assert set(group.producers) == {"a", "b", "c", "d"}
     assert_exports_exactly(net, x)
     narrow = ws.WidthConfig({**net.space.max(), "a": group.choices[0]})

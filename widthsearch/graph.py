@@ -465,8 +465,10 @@ class _Builder:
         Each piece takes 1/k of every group's width; its channels are matched to the
         consumer's weights by position instead of by the channel they were at full width.
         The model's own `chunk` halves the narrow axis the same way, so the supernet and the
-        exported model compute the same thing; only channels that the exact cut would keep
-        together are lost. None when a group's share is not a whole number of blocks.
+        exported model compute the same thing, but a narrow piece may route a channel the
+        full width passes on to the branch that transforms it; that costs accuracy, so this
+        is only the fallback when no exact cut exists. None when a group's share is not a
+        whole number of blocks.
         """
         piece: list[Any] = []
         for root, coefficient in self.width_form(segments).items():
@@ -1144,8 +1146,9 @@ def expand_rule(ctx: RuleContext) -> Layout | None:
                torch.unbind, "unbind")
 def split_rule(ctx: RuleContext) -> tuple[Layout | None, ...] | None:
     """Pieces along another axis keep the layout; pieces along the channel axis are the
-    spaces they cover (a space cut inside becomes equal `Part`s of it). A `chunk` that cuts
-    blocks unevenly (after channel shuffles) takes equal shares by position instead."""
+    spaces they cover (a space cut inside becomes equal `Part`s of it). A `chunk` whose
+    exact cut falls unevenly inside a block (deep in a ShuffleNetV2 stage) takes each
+    group's share by position instead."""
     x = _channel_input(ctx)
     pieces = list(ctx.result) if isinstance(ctx.result, (list, tuple)) else []
     if x.layout is None or not pieces:
@@ -1163,7 +1166,7 @@ def split_rule(ctx: RuleContext) -> tuple[Layout | None, ...] | None:
     sizes = [p.shape[dim] for p in pieces]
     b = ctx.builder
     b.cut_error = ""
-    cut = _least_constraining_cut(b, lay, sizes, by_position=_pieces_follow_width(ctx, name))
+    cut = _exact_or_positional_cut(b, lay, sizes, by_position=_pieces_follow_width(ctx, name))
     if cut is None:
         why = f"a split of the channel axis into {len(sizes)} pieces that cuts a space unevenly"
         if b.cut_error:
@@ -1180,31 +1183,22 @@ def _pieces_follow_width(ctx: RuleContext, name: str) -> bool:
     return name == "tensor_split" and isinstance(ctx.arg(1, "indices_or_sections"), int)
 
 
-def _least_constraining_cut(b: _Builder, lay: Layout, sizes: list[int], *, by_position: bool
-                            ) -> list[tuple] | None:
-    """The exact cut (pieces keep their channels), unless cutting by position forces fewer
-    equal blocks on the groups: after channel shuffles an exact `chunk` halves every block
-    again, while by position each piece simply takes its share of the width."""
+def _exact_or_positional_cut(b: _Builder, lay: Layout, sizes: list[int], *, by_position: bool
+                             ) -> list[tuple] | None:
+    """The exact cut (the pieces keep their channels); when none exists and the op cuts
+    any width into equal pieces, the cut by position (`_Builder.positional_split`)."""
     before = dict(b.blocks)
     exact = _cut_segments(b, lay, sizes)
-    after_exact = dict(b.blocks)
-    if not by_position or lay.inner != 1 or len(set(sizes)) != 1:
-        if exact is None:
-            b.blocks = before
+    if exact is not None:
         return exact
-    b.blocks = dict(before)
+    b.blocks = before  # a failed cut leaves no block constraints behind
+    if not by_position or lay.inner != 1 or len(set(sizes)) != 1:
+        return None
     error = b.cut_error
     positional = b.positional_split(lay.segments, len(sizes))
-    if positional is not None and (exact is None or _constraint(b.blocks, before)
-                                   < _constraint(after_exact, before)):
-        return positional
-    b.blocks, b.cut_error = (after_exact, b.cut_error) if exact is not None else (before, error)
-    return exact
-
-
-def _constraint(blocks: dict[int, int], before: dict[int, int]) -> int:
-    """How many times more equal blocks a cut asks of the groups it touches."""
-    return math.prod(n // before.get(r, 1) for r, n in blocks.items())
+    if positional is None:
+        b.blocks, b.cut_error = before, error
+    return positional
 
 
 def _cut_segments(b: _Builder, lay: Layout, sizes: list[int]) -> list[tuple] | None:
