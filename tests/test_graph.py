@@ -397,6 +397,29 @@ class _Dense(nn.Module):
         return torch.cat((x, self.grow(x)), 1)
 
 
+class _Shuffle(nn.Module):
+    """ShuffleNetV2 units: one where both branches read the input, then `repeats` that keep
+    one half, transform the other, concatenate and shuffle the two halves together."""
+
+    def __init__(self, cin: int, half: int, repeats: int, norm: str):
+        super().__init__()
+        self.left = _ConvNormAct(cin, half, 1, 1, norm)
+        self.right = _ConvNormAct(cin, half, 1, 1, norm)
+        self.units = nn.ModuleList(_ConvNormAct(half, half, 3, 1, norm) for _ in range(repeats))
+
+    @staticmethod
+    def shuffle(x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.shuffle(torch.cat((self.left(x), self.right(x)), 1))
+        for unit in self.units:
+            keep, work = x.chunk(2, dim=1)
+            x = self.shuffle(torch.cat((keep, unit(work)), 1))
+        return x
+
+
 class _SqueezeExcite(nn.Module):
     def __init__(self, c: int, squeeze: int):
         super().__init__()
@@ -435,6 +458,9 @@ class RandomCNN(nn.Module):
                 blocks.append(_ConvNormAct(c, c, 3, 1, norm, groups=c))
             elif kind == "se":
                 blocks.append(_SqueezeExcite(c, block[1]))
+            elif kind == "shuffle":
+                blocks.append(_Shuffle(c, block[1], block[2], norm))
+                c = 2 * block[1]
         self.body = nn.Sequential(*blocks)
         self.head_kind = recipe["head"]
         if self.head_kind == "pool":
@@ -467,6 +493,7 @@ def recipes(draw) -> dict:
         st.tuples(st.just("dense"), channels()),
         st.tuples(st.just("dw")),
         st.tuples(st.just("se"), st.integers(1, 4)),
+        st.tuples(st.just("shuffle"), channels(2, 8), st.integers(1, 4)),
     )
     return {
         "in_channels": draw(st.sampled_from([1, 3])),
