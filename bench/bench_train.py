@@ -3,6 +3,9 @@
     python bench/bench_train.py --out bench/results/train.json
     python bench/bench_train.py --runs-only --model torchvision:shufflenet_v2_x0_5 \
         --strategies sandwich cafenet bcnet --out bench/results/train-shufflenet.json
+    python bench/bench_train.py --runs-only --model torchvision:shufflenet_v2_x0_5 \
+        --strategies sandwich cafenet bcnet --chunks-by-position \
+        --out bench/results/train-shufflenet-by-position.json
 
 1. Images/s of one optimizer step per strategy on ResNet-20 / Fashion-MNIST, next to training
    the full model alone (plain ResNet-20), interleaved in one run.
@@ -139,6 +142,23 @@ def short_runs(subset: int, epochs: int, model: str, strategies: list[str]) -> l
     return out
 
 
+def _cut_every_chunk_by_position() -> None:
+    """The variant docs/architecture.md measures the rule against: discovery cuts every
+    equal `chunk` by position, even where an exact cut exists."""
+    from widthsearch import graph
+
+    exact_first = graph._exact_or_positional_cut
+
+    def by_position(b, lay, sizes, *, by_position):  # type: ignore[no-untyped-def]
+        if by_position and lay.inner == 1 and len(set(sizes)) == 1:
+            cut = b.positional_split(lay.segments, len(sizes))
+            if cut is not None:
+                return cut
+        return exact_first(b, lay, sizes, by_position=by_position)
+
+    graph._exact_or_positional_cut = by_position
+
+
 def _timings(results: dict, steps: int, batch: int) -> None:
     results["throughput"] = throughput(steps, batch)
     for r in results["throughput"]:
@@ -163,7 +183,11 @@ def main() -> None:
     parser.add_argument("--model", default="resnet20", help="the model of the short runs")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES),
                         choices=list(STRATEGIES), help="the strategies of the short runs")
+    parser.add_argument("--chunks-by-position", action="store_true",
+                        help="the compared variant: every chunk cut by position")
     args = parser.parse_args()
+    if args.chunks_by_position:
+        _cut_every_chunk_by_position()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results = {"machine": {"python": platform.python_version(), "torch": torch.__version__,

@@ -218,14 +218,15 @@ def test_shufflenet_stage_widths_all_slim() -> None:
 
 
 class _Shuffled(nn.Module):
-    """ShuffleNet-style units: concatenate, shuffle in two, chunk in halves. The first chunk
-    cuts the two 6-channel spaces into exact halves of 3, the second cannot halve 3."""
+    """ShuffleNet-style units: concatenate, shuffle in two, chunk in halves. With the
+    defaults the first chunk cuts the two 6-channel spaces into exact halves of 3, the
+    second cannot halve 3."""
 
-    def __init__(self) -> None:
+    def __init__(self, half: int = 6, units: int = 2) -> None:
         super().__init__()
-        self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(3, 6, 1)
-        self.c, self.d = nn.Conv2d(6, 6, 1), nn.Conv2d(6, 6, 1)
-        self.fc = nn.Linear(12, 2)
+        self.a, self.b = nn.Conv2d(3, half, 1), nn.Conv2d(3, half, 1)
+        self.units = nn.ModuleList(nn.Conv2d(half, half, 1) for _ in range(units))
+        self.fc = nn.Linear(2 * half, 2)
 
     @staticmethod
     def shuffle(x: torch.Tensor) -> torch.Tensor:
@@ -234,10 +235,9 @@ class _Shuffled(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.shuffle(torch.cat([self.a(x), self.b(x)], 1))
-        keep, work = y.chunk(2, dim=1)
-        y = self.shuffle(torch.cat([keep, self.c(work)], 1))
-        keep, work = y.chunk(2, dim=1)
-        y = self.shuffle(torch.cat([keep, self.d(work)], 1))
+        for unit in self.units:
+            keep, work = y.chunk(2, dim=1)
+            y = self.shuffle(torch.cat([keep, unit(work)], 1))
         return self.fc(y.mean((2, 3)))
 
 
@@ -245,14 +245,70 @@ class _Shuffled(nn.Module):
 def test_a_chunk_after_shuffles_takes_its_share_by_position(pattern: str) -> None:
     x = torch.randn(2, 3, 4, 4)
     net = ws.Supernet(_Shuffled(), x[:1], pattern=pattern)
-    group = net.space["a"]  # a, b, c and d keep one width
+    group = net.space["a"]  # both branches and both units keep one width
     assert group.size == 6 and group.blocks == 2 and group.choices == (2, 4, 6)  # 1st cut exact
-    assert set(group.producers) == {"a", "b", "c", "d"}
+    assert set(group.producers) == {"a", "b", "units.0", "units.1"}
     assert_exports_exactly(net, x)
-    narrow = ws.WidthConfig({**net.space.max(), "a": group.choices[0]})
-    with torch.no_grad(), net.activate(narrow):
-        assert net(x).shape == (2, 2)
-    assert net.export(narrow).c.weight.shape[:2] == (group.choices[0],) * 2
+    _exports_at_min(net, x)
+    assert net.export(net.space.min()).units[1].weight.shape[:2] == (2, 2)
+
+
+def _exports_at_min(net: ws.Supernet, x: torch.Tensor) -> None:
+    cfg = net.space.min()
+    choice = net.sample_choice(cfg, torch.Generator().manual_seed(0))
+    with torch.no_grad(), net.activate(cfg, choice):
+        expected = net(x)
+    with torch.no_grad():
+        torch.testing.assert_close(net.export(cfg, choice).eval()(x), expected)
+
+
+class _CatThenCut(nn.Module):
+    """Two groups concatenated, then cut into equal pieces (`chunk` or `tensor_split`)."""
+
+    def __init__(self, sizes: tuple[int, int], pieces: int, op: str) -> None:
+        super().__init__()
+        self.op, self.pieces = op, pieces
+        self.a, self.b = nn.Conv2d(3, sizes[0], 1), nn.Conv2d(3, sizes[1], 1)
+        piece = sum(sizes) // pieces
+        self.heads = nn.ModuleList(nn.Conv2d(piece, 2, 1) for _ in range(pieces))
+        self.fc = nn.Linear(2 * pieces, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        parts = y.chunk(self.pieces, 1) if self.op == "chunk" else \
+            torch.tensor_split(y, sections=self.pieces, dim=1)
+        outs = [self.heads[i](parts[i]) for i in range(self.pieces)]  # traceable indexing
+        return self.fc(torch.cat(outs, 1).mean((2, 3)))
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize(("sizes", "pieces", "op", "tied"), [
+    ((4, 4), 2, "chunk", True),  # exact: the pieces are a and b, whose widths get tied
+    ((6, 3), 3, "chunk", False),  # the exact pieces (half a, half a, b) cannot keep one width
+    ((4, 2), 2, "tensor_split", False),  # the cut falls inside a: by position
+])
+def test_equal_pieces_of_a_concatenation_keep_equal_widths(
+        sizes: tuple[int, int], pieces: int, op: str, tied: bool, pattern: str) -> None:
+    """Regression: the exact cut of cat(a, b).chunk(2) gave pieces a and b with free
+    widths, while the narrow chunk halves wa + wb: the supernet failed at most widths."""
+    x = torch.randn(2, 3, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        net = ws.Supernet(_CatThenCut(sizes, pieces, op), x[:1], pattern=pattern)
+    assert net.space["a"].slimmable
+    assert ("b" not in net.space.names) == tied
+    assert_exports_exactly(net, x)
+    _exports_at_min(net, x)
+
+
+def test_exact_cuts_never_leave_a_group_one_channel_per_block() -> None:
+    """Regression: 8-channel halves through 4 shuffle units were cut exactly into 8 blocks
+    of one channel, which left the group at full width with no reason given."""
+    x = torch.randn(2, 3, 4, 4)
+    net = ws.Supernet(_Shuffled(half=8, units=4), x[:1])
+    group = net.space["a"]
+    assert group.slimmable and group.blocks < group.size
+    assert_exports_exactly(net, x)
 
 
 def test_a_reshape_sized_by_another_width_ties_the_two() -> None:

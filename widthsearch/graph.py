@@ -467,22 +467,22 @@ class _Builder:
         The model's own `chunk` halves the narrow axis the same way, so the supernet and the
         exported model compute the same thing, but a narrow piece may route a channel the
         full width passes on to the branch that transforms it; that costs accuracy, so this
-        is only the fallback when no exact cut exists. None when a group's share is not a
-        whole number of blocks.
+        is only the fallback when no exact cut exists. None when a group's share needs
+        blocks its size does not divide into.
         """
         piece: list[Any] = []
         for root, coefficient in self.width_form(segments).items():
-            share = coefficient / k
-            whole, blocks = share.numerator, share.denominator
-            if blocks == 1:
-                piece += [root] * whole
-                continue
-            if self.size[root] % blocks or whole > blocks:
-                self.cut_error = (f"{self.size[root]} channels give no whole share of "
-                                  f"1/{k} by position")
-                return None
-            self.add_blocks(root, blocks)
-            piece += [Part(root, i, blocks) for i in range(whole)]
+            share = coefficient / k  # whole copies of the group, then Parts of `blocks`
+            copies, rest = divmod(share.numerator, share.denominator)
+            piece += [root] * copies
+            if rest:
+                blocks = share.denominator
+                if self.size[root] % blocks:
+                    self.cut_error = (f"{self.size[root]} channels do not split into the "
+                                      f"{blocks} blocks a 1/{k} share by position needs")
+                    return None
+                self.add_blocks(root, blocks)
+                piece += [Part(root, i, blocks) for i in range(rest)]
         return [tuple(piece) for _ in range(k)]
 
     def width_form(self, segments: Iterable[Any]) -> dict[int, Fraction]:
@@ -1146,9 +1146,9 @@ def expand_rule(ctx: RuleContext) -> Layout | None:
                torch.unbind, "unbind")
 def split_rule(ctx: RuleContext) -> tuple[Layout | None, ...] | None:
     """Pieces along another axis keep the layout; pieces along the channel axis are the
-    spaces they cover (a space cut inside becomes equal `Part`s of it). A `chunk` whose
-    exact cut falls unevenly inside a block (deep in a ShuffleNetV2 stage) takes each
-    group's share by position instead."""
+    spaces they cover (a space cut inside becomes equal `Part`s of it). A `chunk` or a
+    `tensor_split` into n sections with no exact cut that keeps its pieces at equal widths
+    (deep in a ShuffleNetV2 stage) takes each group's share by position instead."""
     x = _channel_input(ctx)
     pieces = list(ctx.result) if isinstance(ctx.result, (list, tuple)) else []
     if x.layout is None or not pieces:
@@ -1180,25 +1180,38 @@ def _pieces_follow_width(ctx: RuleContext, name: str) -> bool:
     `tensor_split` into n sections), not into pieces of sizes written in the model."""
     if name == "chunk":
         return True
-    return name == "tensor_split" and isinstance(ctx.arg(1, "indices_or_sections"), int)
+    sections = ctx.arg(1, "sections")
+    return name == "tensor_split" and isinstance(sections, int) and not isinstance(sections, bool)
 
 
 def _exact_or_positional_cut(b: _Builder, lay: Layout, sizes: list[int], *, by_position: bool
                              ) -> list[tuple] | None:
     """The exact cut (the pieces keep their channels); when none exists and the op cuts
-    any width into equal pieces, the cut by position (`_Builder.positional_split`)."""
+    any width into equal pieces, the cut by position (`_Builder.positional_split`).
+
+    An op that cuts any width into equal pieces also needs the pieces to keep equal widths
+    at every config: an exact cut whose pieces cannot be tied to one width (a concatenation
+    of two groups), or that leaves a group one channel per block (no narrower width), is
+    no exact cut for it.
+    """
     before = dict(b.blocks)
     exact = _cut_segments(b, lay, sizes)
-    if exact is not None:
+    equal = by_position and lay.inner == 1 and len(set(sizes)) == 1
+    if exact is not None and (not equal or (not _stuck(b, lay, before)
+                                            and b.same_widths(exact))):
         return exact
+    error = b.cut_error or "its pieces would not keep equal widths"
     b.blocks = before  # a failed cut leaves no block constraints behind
-    if not by_position or lay.inner != 1 or len(set(sizes)) != 1:
-        return None
-    error = b.cut_error
-    positional = b.positional_split(lay.segments, len(sizes))
+    positional = b.positional_split(lay.segments, len(sizes)) if equal else None
     if positional is None:
         b.blocks, b.cut_error = before, error
     return positional
+
+
+def _stuck(b: _Builder, lay: Layout, before: dict[int, int]) -> bool:
+    """The cut left a group of the layout with as many equal blocks as channels."""
+    roots = {b.find(s) for s in b.leaves(lay.segments)}
+    return any(before.get(r, 1) < b.blocks.get(r, 1) >= b.size[r] > 1 for r in roots)
 
 
 def _cut_segments(b: _Builder, lay: Layout, sizes: list[int]) -> list[tuple] | None:

@@ -342,6 +342,9 @@ def _build_space(graph: ChannelGraph, min_ratio: float, divisions: int) -> Width
                 f"{info.size} channels do not split into {info.blocks} equal blocks" + \
                 (f" of whole groups of {info.granularity}" if info.granularity > 1 else "")
         widths = (info.size,) if fixed else default_choices(info.size, min_ratio=min_ratio, step=step)
+        if not fixed and len(widths) == 1 and info.size > 1:  # say why it cannot slim
+            fixed = f"widths in whole units of {unit} of its {info.size} channels leave " \
+                    f"none narrower above min_ratio {min_ratio}"
         groups.append(ChannelGroup(
             name=info.name, size=info.size, choices=widths, step=step,
             producers=info.producers, consumers=info.consumers, members=info.members,
