@@ -137,6 +137,13 @@ class Strategy(abc.ABC):
         self._validate_sampling()
         self.temperature = _check_positive("temperature", self.options["temperature"])
 
+    def _train_max(self, net: nn.Module, supernet: Any, x: torch.Tensor, y: torch.Tensor,
+                   loss_fn: LossFn, metrics: dict[str, float]) -> torch.Tensor:
+        """Train the max width, whose loss is the step's `loss`; its logits can teach."""
+        loss_max, logits = self._train(net, supernet, supernet.space.max(), None, x, y, loss_fn)
+        metrics["loss"] = float(loss_max)
+        return logits
+
     def _train(self, net: nn.Module, supernet: Any, config: WidthConfig, choice: Any,
                x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
                teacher: torch.Tensor | None = None, weight: float = 1.0,
@@ -275,9 +282,7 @@ class CafeNet(Strategy):
         metrics: dict[str, float] = {}
         teacher = None
         if self.max_width_step:
-            loss_max, logits = self._train(net, supernet, space.max(), None, x, y, loss_fn)
-            metrics["loss"] = float(loss_max)
-            teacher = logits
+            teacher = self._train_max(net, supernet, x, y, loss_fn, metrics)
         elif self.distill:
             with torch.no_grad():
                 supernet.activate(space.max(), None)
@@ -357,8 +362,7 @@ class BCNet(Strategy):
         metrics: dict[str, float] = {}
         teacher = None
         if self.max_width_step:
-            loss_max, logits = self._train(net, supernet, space.max(), None, x, y, loss_fn)
-            metrics["loss"] = float(loss_max)
+            logits = self._train_max(net, supernet, x, y, loss_fn, metrics)
             teacher = logits if self.distill else None
         if self.pending is not None:
             cfg, self.pending = space.validate(self.pending), None
