@@ -167,7 +167,7 @@ def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 
 class _Crash(RuntimeError):
-    pass
+    """A hard failure in the middle of a step, raised by the test to stop a run."""
 
 
 def test_killed_and_resumed_run_matches_uninterrupted(data_root: Path, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -61,9 +62,8 @@ def _fsync_dir(directory: Path) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -71,6 +71,7 @@ class Strategy(abc.ABC):
     implement `_step`; options are validated by `_validate` into attributes."""
 
     name: ClassVar[str] = "strategy"
+    needs_pattern: ClassVar[tuple[type, str] | None] = None  # the pattern class it needs, named
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any) -> None:
@@ -88,8 +89,13 @@ class Strategy(abc.ABC):
         """Check `self.options` and copy them into attributes."""
 
     def check(self, net: nn.Module) -> None:
-        """Raise WidthSearchError if this strategy cannot train `net` (e.g. wrong pattern)."""
-        unwrap(net)
+        """Raise WidthSearchError if this strategy cannot train `net` (the wrong pattern)."""
+        pattern = unwrap(net).pattern
+        if self.needs_pattern is not None and not isinstance(pattern, self.needs_pattern[0]):
+            raise WidthSearchError(
+                f"the {self.name} strategy needs the {self.needs_pattern[1]} pattern "
+                f"(pattern={self.name!r}), but the supernet uses {pattern!r}"
+            )
 
     def step(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn: LossFn,
              generator: torch.Generator, reduce_mean: ReduceMean = identity) -> dict[str, float]:
@@ -250,6 +256,7 @@ class CafeNet(Strategy):
     """
 
     name = "cafenet"
+    needs_pattern = (LocallyFree, "locally free")
     defaults: ClassVar[dict[str, Any]] = {
         "K": 3, "max_width_step": True, "distill": False, "uniform": False, "min_ratio": None,
         "temperature": 1.0,
@@ -262,14 +269,6 @@ class CafeNet(Strategy):
         self._validate_distill_sampling()
         self.last_candidates: list[tuple[WidthConfig, dict[str, int]]] = []
         self.last_losses: list[float] = []
-
-    def check(self, net: nn.Module) -> None:
-        pattern = unwrap(net).pattern
-        if not isinstance(pattern, LocallyFree):
-            raise WidthSearchError(
-                f"the cafenet strategy needs the locally free pattern (pattern='cafenet'), "
-                f"but the supernet uses {pattern!r}"
-            )
 
     def _objective(self, logits: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
                    teacher: torch.Tensor | None) -> torch.Tensor:
@@ -337,6 +336,7 @@ class BCNet(Strategy):
     """
 
     name = "bcnet"
+    needs_pattern = (Bilateral, "bilateral")
     defaults: ClassVar[dict[str, Any]] = {
         "max_width_step": True, "distill": False, "uniform": False, "min_ratio": None,
         "temperature": 1.0,
@@ -348,14 +348,6 @@ class BCNet(Strategy):
         if self.distill and not self.max_width_step:
             raise WidthSearchError("bcnet: distill needs max_width_step (the max width teaches)")
         self.pending: WidthConfig | None = None
-
-    def check(self, net: nn.Module) -> None:
-        pattern = unwrap(net).pattern
-        if not isinstance(pattern, Bilateral):
-            raise WidthSearchError(
-                f"the bcnet strategy needs the bilateral pattern (pattern='bcnet'), "
-                f"but the supernet uses {pattern!r}"
-            )
 
     def _step(self, net, supernet, x, y, loss_fn, generator, reduce_mean):  # type: ignore[no-untyped-def]
         space = supernet.space
