@@ -328,8 +328,9 @@ def _coverage_arguments(p: argparse.ArgumentParser) -> None:
     add_arguments(p)
 
 
-@command("coverage", "Convert and verify every torchvision classification model and write the "
-         "coverage table (docs/coverage.md).", _coverage_arguments)
+@command("coverage", "Convert and verify every torchvision classification model (or, with "
+         "--zoo timm, every timm CNN family) and write the coverage table (docs/coverage.md, "
+         "docs/coverage-timm.md).", _coverage_arguments)
 def cmd_coverage(args: argparse.Namespace) -> int:
     from .coverage import main_args
 

@@ -1457,6 +1457,9 @@ def discover(
     """
     from torch.utils.flop_counter import FlopCounterMode
 
+    from widthsearch.graph_timm import install as install_timm_rules
+
+    install_timm_rules(RULES)  # timm's layers, once timm is loaded (never imports it)
     gm = trace(model, rules)
     builder = _Builder(gm, rules or RULES)
     args = example_input if isinstance(example_input, tuple) else (example_input,)
