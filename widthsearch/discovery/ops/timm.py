@@ -28,15 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from widthsearch.graph import (
-    Layout,
-    RuleContext,
-    RuleTable,
-    _channel_input,
-    _fixed_in_out,
-    norm_rule,
-    passthrough_rule,
-)
+from ..records import Layout
+from ..rules import RuleContext, RuleTable, Traced, _channel_input, _fixed_in_out, _on_axis
+from .core import _norm_rule, passthrough_rule
 
 __all__ = ["install", "own_forward_rule", "blur_pool_rule", "channel_gate_rule"]
 
@@ -108,8 +102,6 @@ def group_norm1_rule(ctx: RuleContext) -> Layout | None:
 
 def _depthwise_record(ctx: RuleContext, lay: Layout, kernel: int, positions: int) -> None:
     """A MACs record for a depthwise op of the module: kernel x positions per channel."""
-    from widthsearch.graph import Traced, _on_axis
-
     x = _channel_input(ctx)
     out = ctx.out_shape or x.shape
     ctx.builder.layers.append((ctx.name, "depthwise", _on_axis(x, 1), Traced(tuple(out), lay),
@@ -175,7 +167,7 @@ def install(rules: RuleTable) -> bool:
             "EvoNorm2dS2a", "FilterResponseNormAct2d", "FilterResponseNormTlu2d")
         + _classes("timm.layers.grn", "GlobalResponseNorm"),
         group_norm1_rule: _classes(layers, "GroupNorm1", "GroupNorm1Act"),
-        norm_rule("layernorm2d", channel_dim_last=False): _classes(
+        _norm_rule("layernorm2d", channel_dim_last=False): _classes(
             layers, "LayerNorm2d", "LayerNorm2dFp32", "LayerNormAct2d", "LayerNormAct2dFp32"),
         blur_pool_rule: _classes(layers, "BlurPool2d"),
         channel_gate_rule: _classes(layers, "EcaModule", "CecaModule"),
