@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import math
 import os
 import re
@@ -28,7 +29,7 @@ import time
 import traceback
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -242,12 +243,16 @@ def model_names(patterns: Sequence[str] = ()) -> list[str]:
     return names
 
 
-def run(names: Sequence[str], *, workers: int = 2, log: bool = True, **kwargs: object
-        ) -> list[ModelReport]:
-    """Check `names` in `workers` processes (one model per process); results in order."""
+def run(names: Sequence[str], *, workers: int = 2, log: bool = True,
+        on_report: Callable[[ModelReport], None] | None = None, tasks_per_child: int = 1,
+        **kwargs: object) -> list[ModelReport]:
+    """Check `names` in `workers` processes (`tasks_per_child` models per process, so a
+    model's memory is returned when its process ends); results in order. `on_report` sees
+    each report as soon as it is done (to cache it)."""
     reports: dict[str, ModelReport] = {}
     ctx = get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                             max_tasks_per_child=tasks_per_child) as pool:
         futures = {pool.submit(_worker, n, kwargs): n for n in names}
         for future in as_completed(futures):
             name = futures[future]
@@ -256,6 +261,8 @@ def run(names: Sequence[str], *, workers: int = 2, log: bool = True, **kwargs: o
             except Exception as err:  # the worker died (out of memory, ...)
                 rep = ModelReport(name, 0, error=f"{type(err).__name__}: {err}")
             reports[name] = rep
+            if on_report is not None:
+                on_report(rep)
             if log:
                 ok = "verified" if rep.verified else "NOT VERIFIED"
                 print(f"[{len(reports)}/{len(names)}] {name}: {rep.status}, {ok}, "
@@ -417,11 +424,10 @@ def _main_timm(args: argparse.Namespace) -> int:
     cached = {v: rep for v in variants
               if args.cache is not None and (rep := coverage_timm.load_cached(args.cache, v))}
     todo = [v for v in variants if v not in cached]
-    fresh = run(todo, workers=max(1, args.workers), configs=args.configs, zoo="timm")
-    for rep in fresh:
-        if args.cache is not None:
-            coverage_timm.store(args.cache, rep)
-        cached[rep.name] = rep
+    store = None if args.cache is None else functools.partial(coverage_timm.store, args.cache)
+    fresh = run(todo, workers=max(1, args.workers), configs=args.configs, zoo="timm",
+                on_report=store, tasks_per_child=8)  # importing timm takes seconds
+    cached.update({rep.name: rep for rep in fresh})
     rows = [(f, cached[v]) for f, v in zip(fams, variants, strict=True)]
     path = Path(args.out or "docs/coverage-timm.md")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,7 @@ class _Builder:
         self.fixed_macs: list[tuple[str, float]] = []
         self.parameters: dict[str, tuple[int, Layout]] = {}  # name -> (axis, layout)
         self.parameter_uses: dict[str, set[fx.Node]] = {}
+        self.constant_views: set[fx.Node] = set()  # size-1 reshapes of a parameter
         self.messages: list[str] = []
         self.limited: dict[str, str] = {}  # ops a rule knows but cannot slim: name -> why
         self.cut_error = ""  # why the last split of channels into equal parts failed

@@ -167,10 +167,27 @@ def _apply_rule(b: _Builder, node: fx.Node, result: Any) -> Any:
     else:
         layout = rule(ctx)
     traced = _describe(result, layout)
+    traced = _constant_view(b, node, inputs, traced)
     outputs = [t for t in _flatten(traced) if isinstance(t, Traced)]
     if outputs and (inputs or module is not None):
         b.ops.append((ctx.name, inputs + outputs))
     return traced
+
+
+_VIEWS = ("reshape", "view", "unsqueeze", "squeeze", torch.reshape, torch.unsqueeze,
+          torch.squeeze)
+
+
+def _constant_view(b: _Builder, node: fx.Node, inputs: list[Traced], traced: Any) -> Any:
+    """A parameter reshaped by size-1 axes only (`gamma.reshape(1, -1, 1, 1)`) is still
+    that parameter, so a rule can bind it; the view node is remembered as transparent."""
+    if (not isinstance(traced, Traced) or traced.layout is not None or len(inputs) != 1
+            or inputs[0].constant is None or node.target not in _VIEWS):
+        return traced
+    if [s for s in inputs[0].shape if s != 1] != [s for s in traced.shape if s != 1]:
+        return traced
+    b.constant_views.add(node)
+    return Traced(traced.shape, None, constant=inputs[0].constant)
 
 
 def discover(
@@ -261,10 +278,18 @@ def _record_training_graph(b: _Builder, gm: fx.GraphModule, args: tuple, model: 
         del b.layers[kept[0]:], b.ops[kept[1]:], b.fixed_macs[kept[2]:]
 
 
+def _through_views(b: _Builder, node: fx.Node) -> set[fx.Node]:
+    """The users of `node`, looking through the constant views of it."""
+    out: set[fx.Node] = set()
+    for u in node.users:
+        out |= _through_views(b, u) if u in b.constant_views else {u}
+    return out
+
+
 def _finish(b: _Builder, model: nn.Module) -> ChannelGraph:
     for pname, uses in b.parameter_uses.items():  # slice a parameter only if every use can
         users = {u for node in b.values if node.op == "get_attr" and node.target == pname
-                 for u in node.users}
+                 for u in _through_views(b, node)}
         if not users <= uses:
             axis, layout = b.parameters.pop(pname)
             b.fix(layout, f"the parameter {pname!r} is also used where it cannot be sliced")

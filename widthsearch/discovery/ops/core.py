@@ -217,6 +217,11 @@ def _bind_parameter(ctx: RuleContext, c: Traced, axis: int, layout: Layout) -> b
     module = b.gm.get_submodule(owner) if owner else b.gm
     if attr not in module._parameters and attr not in module._buffers:
         return False
+    own = module._parameters.get(attr)
+    own = own if own is not None else module._buffers[attr]
+    axis = _own_axis(tuple(c.shape), tuple(own.shape), axis)
+    if axis is None:
+        return False
     if c.constant in b.parameters:
         prev_axis, prev = b.parameters[c.constant]
         if prev_axis != axis:
@@ -226,6 +231,18 @@ def _bind_parameter(ctx: RuleContext, c: Traced, axis: int, layout: Layout) -> b
         b.parameters[c.constant] = (axis, Layout(axis, layout.segments))
     b.parameter_uses.setdefault(c.constant, set()).add(ctx.node)
     return True
+
+
+def _own_axis(seen: tuple[int, ...], own: tuple[int, ...], axis: int) -> int | None:
+    """`axis` of a parameter seen through a view that only adds or drops size-1 axes
+    (`gamma.reshape(1, -1, 1, 1)`) as an axis of the parameter itself."""
+    if seen == own:
+        return axis
+    big_seen = [i for i, s in enumerate(seen) if s != 1]
+    big_own = [i for i, s in enumerate(own) if s != 1]
+    if [seen[i] for i in big_seen] != [own[i] for i in big_own] or axis not in big_seen:
+        return None
+    return big_own[big_seen.index(axis)]
 
 
 @register_rule(torch.cat, torch.concat, torch.concatenate, "cat")
