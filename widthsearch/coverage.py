@@ -247,12 +247,12 @@ def run(names: Sequence[str], *, workers: int = 2, log: bool = True,
         on_report: Callable[[ModelReport], None] | None = None, tasks_per_child: int = 1,
         **kwargs: object) -> list[ModelReport]:
     """Check `names` in `workers` processes (`tasks_per_child` models per process, so a
-    model's memory is returned when its process ends); results in order. `on_report` sees
-    each report as soon as it is done (to cache it)."""
+    model's memory is returned when its process ends; 0: processes live on); results in
+    order. `on_report` sees each report as soon as it is done (to cache it)."""
     reports: dict[str, ModelReport] = {}
     ctx = get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                             max_tasks_per_child=tasks_per_child) as pool:
+                             max_tasks_per_child=tasks_per_child or None) as pool:
         futures = {pool.submit(_worker, n, kwargs): n for n in names}
         for future in as_completed(futures):
             name = futures[future]
@@ -426,7 +426,7 @@ def _main_timm(args: argparse.Namespace) -> int:
     todo = [v for v in variants if v not in cached]
     store = None if args.cache is None else functools.partial(coverage_timm.store, args.cache)
     fresh = run(todo, workers=max(1, args.workers), configs=args.configs, zoo="timm",
-                on_report=store, tasks_per_child=8)  # importing timm takes seconds
+                on_report=store, tasks_per_child=0)  # workers live on: timm imports slowly
     cached.update({rep.name: rep for rep in fresh})
     rows = [(f, cached[v]) for f, v in zip(fams, variants, strict=True)]
     path = Path(args.out or "docs/coverage-timm.md")

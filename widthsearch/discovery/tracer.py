@@ -32,6 +32,8 @@ from .records import (
 )
 from .rules import (
     _SPLIT_AWARE,
+    DEFERRED_FAMILIES,
+    FALLBACK_LEAVES,
     RULES,
     RuleContext,
     RuleTable,
@@ -47,12 +49,13 @@ from .rules import (
 class _Tracer(fx.Tracer):
     """Keeps every module that has a rule as one node, so rules see whole modules."""
 
-    def __init__(self, rules: RuleTable) -> None:
+    def __init__(self, rules: RuleTable, leaves: tuple[type, ...] = ()) -> None:
         super().__init__()
         self.rules = rules
+        self.leaves = leaves
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if self.rules.module_rule(m) is not None:
+        if self.rules.module_rule(m) is not None or type(m) in self.leaves:
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -70,6 +73,16 @@ def trace(model: nn.Module, rules: RuleTable | None = None, *, training: bool = 
     try:
         graph = tracer.trace(model)
     except Exception as err:
+        leaves = tuple(cls for declared in FALLBACK_LEAVES for cls in declared())
+        if leaves:
+            try:
+                tracer = _Tracer(rules or RULES, leaves)
+                graph = tracer.trace(model)
+                return fx.GraphModule(tracer.root, graph)
+            except Exception:  # noqa: S110 - the first error names the construct
+                pass
+            finally:
+                model.train(was_training)
         raise WidthSearchError(
             f"torch.fx cannot trace {type(model).__name__}: {err}. widthsearch needs a "
             "forward without data-dependent Python control flow."
@@ -186,6 +199,10 @@ def _constant_view(b: _Builder, node: fx.Node, inputs: list[Traced], traced: Any
         return traced
     if [s for s in inputs[0].shape if s != 1] != [s for s in traced.shape if s != 1]:
         return traced
+    sizes = [a for a in _flatten([list(node.args[1:]), list(node.kwargs.values())])
+             if isinstance(a, int) and not isinstance(a, bool)]
+    if node.target in ("view", "reshape", torch.reshape) and any(a > 1 for a in sizes):
+        return traced  # sized by a number written in the model: it cannot follow a width
     b.constant_views.add(node)
     return Traced(traced.shape, None, constant=inputs[0].constant)
 
@@ -201,9 +218,8 @@ def discover(
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .ops.timm import install as install_timm_rules
-
-    install_timm_rules(RULES)  # timm's layers, once timm is loaded (never imports it)
+    for install in DEFERRED_FAMILIES:  # timm's layers, once timm is loaded
+        install(RULES)
     gm = trace(model, rules)
     builder = _Builder(gm, rules or RULES)
     args = example_input if isinstance(example_input, tuple) else (example_input,)

@@ -2,8 +2,9 @@
 
 timm is an optional extra (`pip install widthsearch[timm]`). Models are built with timm's
 trace-friendly layer config (`exportable=True, no_jit=True`: plain activation modules instead
-of custom-autograd ones, so torch.fx can trace them); timm's own registry of modules that fx
-must not trace into (`timm.layers.get_notrace_modules`) is honoured by discovery's tracer.
+of custom-autograd ones, so torch.fx can trace them); where a trace still fails, discovery
+traces again with the modules timm registers as fx leaves
+(`timm.layers.get_notrace_modules()`, see discovery/ops/timm.py).
 Weights are never downloaded: `pretrained_path` loads a local state dict instead, and
 `pretrained=True` without one is an error.
 """
@@ -31,8 +32,6 @@ __all__ = [
     "default_input_size",
     "smallest_input_size",
     "unknown_message",
-    "notrace_modules",
-    "notrace_functions",
 ]
 
 PREFIX = "timm:"
@@ -165,16 +164,3 @@ def build(
                 f"with these arguments: {e}") from None
     return model
 
-
-def notrace_modules() -> tuple[type, ...]:
-    """Module classes timm registers as leaves for torch.fx (empty without timm)."""
-    if not available():
-        return ()
-    return tuple(importlib.import_module("timm.layers").get_notrace_modules())
-
-
-def notrace_functions() -> tuple[Any, ...]:
-    """Functions timm registers for torch.fx to call without tracing into (autowrapped)."""
-    if not available():
-        return ()
-    return tuple(importlib.import_module("timm.layers").get_notrace_functions())

@@ -137,7 +137,7 @@ PASSTHROUGH_MODULES: tuple[type, ...] = (
     nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout,
     nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample, nn.UpsamplingNearest2d,
-    nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+    nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
 )
 PASSTHROUGH_FUNCTIONS: tuple[Any, ...] = (
     F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish,
@@ -169,6 +169,7 @@ BINARY_OPS: tuple[Any, ...] = (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
     operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum,
     torch.minimum, "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_",
+    operator.pow, torch.pow, "pow", "pow_",
 )
 
 
@@ -425,7 +426,7 @@ def _index_layout(ctx: RuleContext, x: Traced, index: Any) -> Layout | None:
             new_axis += 1
             continue
         if axis == d:
-            if item != slice(None):
+            if not _whole(item, x.shape[d]):
                 return _fixed_in_out(ctx, x, "indexing the channel axis")
             return Layout(new_axis, x.layout.segments, x.layout.inner)
         if isinstance(item, slice):
@@ -434,6 +435,13 @@ def _index_layout(ctx: RuleContext, x: Traced, index: Any) -> Layout | None:
             return _fixed_in_out(ctx, x, "advanced indexing")
         axis += 1
     return Layout(new_axis + (d - axis), x.layout.segments, x.layout.inner)
+
+
+def _whole(item: Any, size: int) -> bool:
+    """A slice that keeps every channel (`x[:, :out_chs]` with out_chs >= the width): at a
+    narrower width it still keeps every channel, as Python slices clamp."""
+    return (isinstance(item, slice) and item.step in (None, 1) and item.start in (None, 0)
+            and (item.stop is None or (isinstance(item.stop, int) and item.stop >= size)))
 
 
 @register_rule("size", "dim", "numel", getattr)

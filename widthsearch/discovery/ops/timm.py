@@ -15,8 +15,12 @@ rules here cover the rest:
 - DropPath and DropBlock2d: pass through (their training-mode forward reads the input's
   shape, which torch.fx cannot trace).
 
-`install(RULES)` is called by discovery when a model is discovered with timm loaded, so
-importing widthsearch never imports timm.
+A model whose trace fails is traced again with the modules timm itself registers as fx
+leaves (`timm.layers.get_notrace_modules()`, e.g. VGG's ConvMlp); those without a rule keep
+their channels and are named.
+
+`install` is a deferred family (`rules.DEFERRED_FAMILIES`): discovery calls it with `RULES`
+and it registers once timm has been imported, so importing widthsearch never imports timm.
 """
 
 from __future__ import annotations
@@ -29,7 +33,16 @@ import torch
 from torch import nn
 
 from ..records import Layout
-from ..rules import RuleContext, RuleTable, Traced, _channel_input, _fixed_in_out, _on_axis
+from ..rules import (
+    DEFERRED_FAMILIES,
+    FALLBACK_LEAVES,
+    RuleContext,
+    RuleTable,
+    Traced,
+    _channel_input,
+    _fixed_in_out,
+    _on_axis,
+)
 from .core import _norm_rule, passthrough_rule
 
 __all__ = ["install", "own_forward_rule", "blur_pool_rule", "channel_gate_rule"]
@@ -178,3 +191,14 @@ def install(rules: RuleTable) -> bool:
             rules.register(*classes)(rule)
     setattr(rules, _INSTALLED, True)
     return True
+
+
+def notrace_modules() -> tuple[type, ...]:
+    """timm's modules that torch.fx must not trace into (none before timm is imported)."""
+    if "timm" not in sys.modules:
+        return ()
+    return tuple(importlib.import_module("timm.layers").get_notrace_modules())
+
+
+DEFERRED_FAMILIES.append(install)
+FALLBACK_LEAVES.append(notrace_modules)
