@@ -205,7 +205,7 @@ def _module_output(ctx: RuleContext, size: int, dim: int) -> Layout:
     if ctx.name not in b.module_out:
         b.module_out[ctx.name] = Layout(dim, (ctx.new_space(size),))
     out = b.module_out[ctx.name]
-    return Layout(dim, out.segments)
+    return Layout(dim, b.expand(out.segments))
 
 
 def _constant_input(ctx: RuleContext, x: Traced, dim: int) -> Layout:

@@ -309,7 +309,7 @@ def _finish(b: _Builder, model: nn.Module) -> ChannelGraph:
         if not users <= uses:
             axis, layout = b.parameters.pop(pname)
             b.fix(layout, f"the parameter {pname!r} is also used where it cannot be sliced")
-    roots = sorted({b.find(s) for s in range(len(b.parent))})
+    roots = sorted({b.find(s) for s in range(len(b.parent))} - set(b.refined))
     names: dict[int, str] = {}
     taken: set[str] = set()
     for r in roots:
