@@ -282,7 +282,38 @@ def render(rows: Sequence[tuple[Family, ModelReport]]) -> str:
             f"| {fam.name} | {r.name} | {r.input_size} | {r.searchable} / {r.groups} | "
             f"{100 * r.slimmable_share:.1f}% | {_macs(r.macs_min)} / {_macs(r.macs_max)} | "
             f"{_verified(r)} | {status.replace('|', '/')} |")
+    partial = {fam.name for fam, r in rows if r.status == "partial"}
+    notes = [f"- {text}" for names, text in NOTES if partial & set(names)]
+    if notes:
+        lines += ["", "## What keeps the partial families partial", "", *notes]
     return "\n".join(lines) + "\n"
+
+
+NOTES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("mixnet", "tf_mixnet", "inception_next", "fasternet", "mambaout"),
+     "MixNet's MixedConv2d, InceptionNeXt's InceptionDWConv2d, FasterNet's partial "
+     "convolution and MambaOut's gated block split channels by sizes written in the model "
+     "(`torch.split(x, [a, b], 1)`); the pieces cannot follow a width, so the channels "
+     "they split stay full."),
+    (("res2net",), "Res2Net splits by a fixed piece width (`torch.split(x, width, 1)`) "
+     "and adds the pieces in a chain."),
+    (("dpn", "rexnet"), "DPN and ReXNet index a fixed channel range (`x[:, :n]`, "
+     "`x[:, 0:c] += shortcut`) that covers only part of the channels."),
+    (("resnetblur", "tresnet"), "BlurPool2d built with a fixed channel count convolves "
+     "with `groups=channels` of the full width."),
+    (("poolformer", "poolformerv2", "convformer"), "MetaFormer's layer scale views its "
+     "parameter to a shape stored at construction (`scale.view(self.shape)`)."),
+    (("resnest", "skresnet"), "ResNeSt's split attention and SKNet's selective kernel "
+     "reshape channels into radix / path groups and weight them with a softmax across "
+     "them."),
+    (("gcresnet",), "The global-context block pools with a matrix product of the features "
+     "and a spatial attention map."),
+    (("fastvit",), "FastViT's grouped convolutions widen each input channel into several "
+     "output channels, so their groups are kept whole."),
+    (("vgg",), "timm's VGG head (ConvMlp) resizes its input by a condition on its shape, "
+     "which torch.fx cannot trace; it is kept whole (timm registers it as an fx leaf)."),
+)
+"""Why a family is partial, shown when it is (the table's reasons name the ops)."""
 
 
 __all__ = ["FAMILIES", "Family", "candidates", "default_variant", "default_variants", "families", "load_cached",
