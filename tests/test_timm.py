@@ -32,6 +32,8 @@ FAST = {
     "convnext": "LayerNorm2d (via convnext_atto)",
 }
 FAST_VARIANT = {"convnext": "convnext_atto"}  # the smallest, zepto_rms, has no LayerNorm2d
+FIXED_SPLITS = {"mixnet"}
+"""MixedConv2d splits its channels by sizes stored in the module: those groups stay full."""
 
 
 def _params() -> list:
@@ -57,7 +59,7 @@ def test_family_converts_and_verifies(family: coverage_timm.Family) -> None:
     assert rep.error is None, rep.warnings[-1]
     assert not rep.silently_wrong, f"full width differs by {rep.full_error:.2e}"
     assert rep.verified, coverage._verified(rep)
-    if family.name in FAST:
+    if family.name in FAST and family.name not in FIXED_SPLITS:
         assert rep.status == "full", rep.fixed
 
 
@@ -114,7 +116,7 @@ def test_missing_timm_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_export_round_trip_rebuilds_from_the_registry(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = coverage.randomize_norms(ws.models.get("timm:mixnet_s", num_classes=10))
+    model = coverage.randomize_norms(ws.models.get("timm:convnext_atto", num_classes=10))
     x = torch.randn(1, 3, 64, 64)
     net = ws.Supernet(model, x)
     cfg = net.space.sample(torch.Generator().manual_seed(1))
