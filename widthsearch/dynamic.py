@@ -18,7 +18,7 @@ the output channels when its first axis has their size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,7 +149,7 @@ def register_layer(cls: type, spec: LayerSpec, *, rule: Callable[..., Any] | Non
     """
     (layers or LAYERS).register(cls, spec)
     if rule is not None:
-        from .graph import RULES
+        from .discovery import RULES
 
         (rules or RULES).register(cls)(rule)
 
@@ -218,6 +218,17 @@ def _extras(module: nn.Module, spec: LayerSpec, mode: str) -> dict[str, tuple[Ro
         if t.shape[0] == out_size:
             extras[name] = ("out", *(None,) * (t.dim() - 1))
     return extras
+
+
+def layer_axes(module: nn.Module, spec: LayerSpec, mode: str) -> dict[str, tuple[Role, ...]]:
+    """Every tensor of a bound layer that follows its channels, with the role of each axis."""
+    axes = {**spec.tensors(module, mode), **_extras(module, spec, mode)}
+    return {n: r for n, r in axes.items() if _full(module, n) is not None}
+
+
+def full_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    """Parameter or buffer `name` at full size (the attribute may return the active slice)."""
+    return _full(module, name)
 
 
 def _out_size(module: nn.Module, spec: LayerSpec, mode: str) -> int:
@@ -323,9 +334,8 @@ def make_sliced(module: nn.Module, classes: SlicedClasses, *,
             if name not in module.__dict__:
                 raise WidthSearchError(f"{base.__name__} has no attribute {name!r} to slice")
         slices.layer = layer
-        axes = {**spec.tensors(module, mode), **_extras(module, spec, mode)}
-        slices.layer_axes = {n: r for n, r in axes.items()
-                             if _full(module, n) is not None and n not in slices.param_axes}
+        slices.layer_axes = {n: r for n, r in layer_axes(module, spec, mode).items()
+                             if n not in slices.param_axes}
     size_names = frozenset(slices.layer[0].size_names) if slices.layer else frozenset()
     module.__dict__["_widthsearch_slices"] = slices
     names = frozenset(slices.layer_axes) | frozenset(slices.param_axes)
@@ -364,7 +374,8 @@ def sliced_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, m
 
 
-def resize(module: nn.Module, spec: Mapping[str, Any], layers: LayerTable | None = None) -> None:
+def resize(module: nn.Module, spec: Mapping[str, Any], layers: LayerTable | None = None, *,
+           where: str = "") -> None:
     """Give `module` the sizes and (uninitialized) tensor shapes an export recorded, in place.
 
     Used to rebuild an exported model from its JSON sidecar before loading its weights; only
@@ -384,18 +395,31 @@ def resize(module: nn.Module, spec: Mapping[str, Any], layers: LayerTable | None
                 isinstance(v, int) for v in value))):
             raise WidthSearchError(f"size {name}={value!r} is not an integer or a list of them")
         module.__dict__[name] = tuple(value) if isinstance(value, list) else value
+    layer = (layers or LAYERS).lookup(module)
+    roles = layer.tensors(module, "") if layer else {}
     for name, shape in spec.get("tensors", {}).items():
-        resize_tensor(module, name, shape)
+        keep = [a for a, r in enumerate(roles.get(name, ())) if r is None]
+        resize_tensor(module, name, shape, keep, where=where)
 
 
-def resize_tensor(module: nn.Module, name: str, shape: list[int]) -> None:
-    """Replace parameter or buffer `name` of `module` by an uninitialized one of `shape`."""
+def resize_tensor(module: nn.Module, name: str, shape: list[int], keep: Sequence[int] = (),
+                  *, where: str = "") -> None:
+    """Replace parameter or buffer `name` of `module` by an uninitialized one of `shape`.
+
+    A slimmed tensor only shrinks, and keeps the axes in `keep` (a kernel's) as they are: a
+    full-size model that does not match the export is refused, not silently reshaped.
+    """
     old = _full(module, name)
     if old is None:
         raise WidthSearchError(f"{type(module).__name__} has no tensor {name!r} to resize")
-    if list(shape) != [s for s in shape if isinstance(s, int) and 0 <= s <= old.numel()] \
-            or len(shape) != old.dim():
-        raise WidthSearchError(f"cannot resize {name} of shape {list(old.shape)} to {shape}")
+    fits = isinstance(shape, list) and len(shape) == old.dim() and all(
+        isinstance(n, int) and 0 <= n <= full and (a not in keep or n == full)
+        for a, (n, full) in enumerate(zip(shape, old.shape, strict=True)))
+    if not fits:
+        raise WidthSearchError(
+            f"the export does not fit the model: {where}.{name} ({type(module).__name__}) has "
+            f"shape {list(old.shape)}, the export {shape}; pass the full-size model the "
+            "subnet was exported from")
     new = torch.empty(shape, dtype=old.dtype)
     if name in module._parameters:
         module._parameters[name] = nn.Parameter(new, requires_grad=old.requires_grad)

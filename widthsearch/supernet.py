@@ -22,6 +22,15 @@ import torch
 import torch.nn as nn
 
 from .cost import Cost, CostModel
+from .discovery import (
+    ChannelGraph,
+    GroupLayout,
+    Mix,
+    Part,
+    RuleTable,
+    counted_attention,
+    discover,
+)
 from .dynamic import (
     LAYERS,
     LayerTable,
@@ -29,10 +38,10 @@ from .dynamic import (
     Slices,
     make_sliced,
     materialize,
+    original_class,
     sliced_modules,
 )
 from .errors import WidthSearchError
-from .graph import ChannelGraph, GroupLayout, Mix, Part, RuleTable, counted_attention, discover
 from .patterns import Pattern, Selection, as_selection, get_pattern, selection_tensor
 from .space import ChannelGroup, WidthConfig, WidthSpace, default_choices, default_step
 
@@ -63,7 +72,7 @@ class Supernet(nn.Module):
         min_ratio: the smallest allowed width as a fraction of each group.
         divisions: a group's width step is about size / divisions channels.
         choices: per-group allowed widths that replace the defaults.
-        rules: a rule table for discovery (defaults to `graph.RULES`).
+        rules: a rule table for discovery (defaults to `discovery.RULES`).
         layers: a layer table saying how each layer class slices (defaults to `dynamic.LAYERS`).
         verify: check the conversion (full width equals the model, training mode runs, a
             random subnet equals its export) and fix groups that do not run when slimmed.
@@ -121,7 +130,7 @@ class Supernet(nn.Module):
         if reference is not None:
             reference.check(self, example_input)
             self._verify(example_input)
-        self.cost_model = CostModel(self.graph, self.space, model)
+        self.cost_model = CostModel(self.graph, self.space, model, self.layers)
 
     # -- widths ------------------------------------------------------------------------------
     def set_space(self, space: WidthSpace) -> None:
@@ -135,7 +144,7 @@ class Supernet(nn.Module):
         self.space = space
         self._selections.clear()
         self._composed.clear()
-        self.cost_model = CostModel(self.graph, space, self.model)
+        self.cost_model = CostModel(self.graph, space, self.model, self.layers)
         self.activate(space.max())
 
     @property
@@ -299,12 +308,16 @@ class Supernet(nn.Module):
         """Invariants 3 and 7: every group runs when slimmed, and a slimmed subnet computes
         what its export computes; groups that do not are fixed and named in one warning."""
         failing = self._failing_groups(example_input)
-        failing.update(self._unfaithful_groups(example_input, exclude=set(failing)))
+        reasons = {k: f"does not run when slimmed: {v}" for k, v in failing.items()}
+        unfaithful = self._unfaithful_groups(example_input, exclude=set(failing))
+        failing.update(unfaithful)
+        reasons.update(unfaithful)
         if not failing:
             return
-        self._fix(failing)
+        self._fix(reasons)
         warnings.warn(
-            "these groups stay at full width: "
+            "these groups fail to run when slimmed, or compute differently from their export, "
+            "and stay at full width: "
             + "; ".join(f"{k} ({v})" for k, v in failing.items()),
             stacklevel=3,
         )
@@ -348,7 +361,7 @@ class Supernet(nn.Module):
                     f"the supernet differs from its export at {layer!r}, and no group there "
                     "can be fixed to avoid it")
             for n in names:
-                found[n] = f"{layer} ({type(self.model.get_submodule(layer)).__name__}) " \
+                found[n] = f"{layer} ({original_class(self.model.get_submodule(layer)).__name__}) " \
                            "computes differently on sliced tensors than its export"
         raise WidthSearchError(f"the supernet differs from its exports at {sorted(found)}")
 
@@ -384,7 +397,7 @@ class Supernet(nn.Module):
                     cfg[g.name] = g.choices[0]
                     err = self._runs(cfg, example_input, full_shape)
                     if err is not None:
-                        failing[g.name] = f"does not run when slimmed: {err}"
+                        failing[g.name] = err
                 return failing
         finally:
             self.activate(self.space.max())
@@ -476,7 +489,7 @@ def _device_of(model: nn.Module) -> torch.device:
 def macs_of(module: nn.Module, example_input: torch.Tensor) -> int:
     """MACs of one forward at batch 1 as torch's FlopCounterMode counts them (FLOPs / 2).
 
-    Attention runs unfused (`graph.counted_attention`): FlopCounterMode cannot see the fused
+    Attention runs unfused (`discovery.counted_attention`): FlopCounterMode cannot see the fused
     nn.MultiheadAttention inference kernel."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -599,7 +612,8 @@ class _Reference:
             where = self.eval.first_difference(got) or "the model output"
             module = net.model.get_submodule(where) if where in dict(net.model.named_modules()) \
                 else None
-            what = f"{where} ({type(module).__name__})" if module is not None else where
+            what = f"{where} ({original_class(module).__name__})" if module is not None \
+                else where
             raise WidthSearchError(
                 f"the supernet at full width does not compute the model's output: it first "
                 f"differs at {what}. A layer rule or layer spec does not fit this layer; "

@@ -17,7 +17,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..dynamic import DynamicModule
 from ..errors import WidthSearchError
 
 if TYPE_CHECKING:
@@ -47,13 +46,10 @@ def _device(net: nn.Module) -> torch.device:
 def bn_modules(net: nn.Module) -> Iterator[tuple[str, nn.Module, nn.Module]]:
     """(name, module holding the buffers, module holding momentum) for every batch norm.
 
-    A dynamic BN shares its buffers with its template (kept outside the module tree), and
-    its forward reads the template's momentum and eps.
+    A sliced BN keeps its own class (dynamic.py), so both are the module itself.
     """
     for name, module in unwrap(net).named_modules():
-        if isinstance(module, DynamicModule) and module.kind == "batchnorm":
-            yield name, module, module.template
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
             yield name, module, module
 
 
