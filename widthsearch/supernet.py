@@ -122,6 +122,7 @@ class Supernet(nn.Module):
             module = model.get_submodule(owner) if owner else model
             self._param_slices[name] = (make_sliced(module, self._classes,
                                                     tensors={attr: pb.axis}), attr)
+        self._index_layouts()
         self._selections: _LRU = _LRU(cache_size)
         self._composed: _LRU = _LRU(cache_size)
         self._config = self.space.max()
@@ -168,14 +169,12 @@ class Supernet(nn.Module):
         cfg = self.space.max() if config is None else self.space.validate(config)
         picks = self._resolve_choice(cfg, choice)
         device = _device_of(self.model)
+        sels = [self._compose(i, cfg, picks, device) for i in range(len(self._layouts))]
         for name, (module, slices) in self._layer_slices.items():
-            binding = self.graph.bindings[name]
-            slices.set_layer(module,
-                             self._compose(binding.in_layout, cfg, picks, device),
-                             self._compose(binding.out_layout, cfg, picks, device))
+            i, o = self._layer_layouts[name]
+            slices.set_layer(module, sels[i], sels[o])
         for name, (slices, attr) in self._param_slices.items():
-            slices.set_tensor(attr, self._compose(self.graph.parameters[name].layout, cfg,
-                                                  picks, device))
+            slices.set_tensor(attr, sels[self._param_layouts[name]])
         self._config, self._choice = cfg, picks
         return _Activation(self, previous)
 
@@ -227,12 +226,28 @@ class Supernet(nn.Module):
             self._selections[key] = sel
         return sel
 
-    def _compose(self, layout: GroupLayout, cfg: WidthConfig, picks: dict[str, int],
+    def _index_layouts(self) -> None:
+        """Number the distinct channel layouts the sliced tensors follow, once: activation
+        composes each of them once per configuration."""
+        index: dict[GroupLayout, int] = {}
+        self._layouts: list[tuple[GroupLayout, tuple[str, ...]]] = []
+
+        def number(layout: GroupLayout) -> int:
+            if layout not in index:
+                index[layout] = len(self._layouts)
+                self._layouts.append((layout, tuple(_leaf_groups(layout.segments))))
+            return index[layout]
+
+        self._layer_layouts = {name: (number(b.in_layout), number(b.out_layout))
+                               for name, b in self.graph.bindings.items()}
+        self._param_layouts = {name: number(p.layout) for name, p in self.graph.parameters.items()}
+
+    def _compose(self, index: int, cfg: WidthConfig, picks: dict[str, int],
                  device: torch.device) -> Selection:
         """The active entries of a (possibly concatenated, flattened, shuffled) channel axis."""
-        names = _leaf_groups(layout.segments)
+        layout, names = self._layouts[index]
         state = tuple((cfg[n], picks.get(n, 0)) for n in names)
-        key = (layout, state, device)
+        key = (index, state, device)
         cached = self._composed.get(key)
         if cached is not None:
             return cached

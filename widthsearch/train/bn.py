@@ -58,7 +58,7 @@ def bn_state(net: nn.Module) -> dict[str, torch.Tensor]:
     state = {}
     for name, module, _ in bn_modules(net):
         for buf in _BUFFERS:
-            value = getattr(module, buf, None)
+            value = module._buffers.get(buf)  # full size: the attribute is the active slice
             if value is not None:
                 state[f"{name}.{buf}"] = value.detach().clone()
     return state
@@ -70,7 +70,7 @@ def load_bn_state(net: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, module, _ in bn_modules(net):
             for buf in _BUFFERS:
-                value = getattr(module, buf, None)
+                value = module._buffers.get(buf)  # full size: the attribute is the active slice
                 if value is None:
                     continue
                 key = f"{name}.{buf}"
