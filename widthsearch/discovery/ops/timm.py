@@ -9,9 +9,12 @@ rules here cover the rest:
   keeps its class and forward, and its per-channel tensors resolve to the active slices
   (a grouped EvoNorm keeps whole groups);
 - LayerNorm2d and its act / fp32 variants: the channels-first layer norm;
-- BlurPool2d (a fixed per-channel blur): a depthwise layer whose MACs follow the width;
-- ECA gates (a 1-d conv across the channel axis): the features keep their channels, the
-  gate's MACs follow the width;
+- BlurPool2d (a fixed per-channel blur): a depthwise layer; its filter copies and its
+  `channels` follow the width (a layer spec registered in `dynamic.LAYERS`);
+- ECA gates (a 1-d conv across the channel axis): named, their channels stay full (the
+  gate's MACs would need a record whose positions follow a width);
+- MetaFormer's Scale (`scale.view(shape)` with a stored shape): a layer with its own spec,
+  so the scale and the shape follow the width;
 - DropPath and DropBlock2d: pass through (their training-mode forward reads the input's
   shape, which torch.fx cannot trace).
 
@@ -39,6 +42,7 @@ from ..rules import (
     RuleContext,
     RuleTable,
     Traced,
+    _bind,
     _channel_input,
     _fixed_in_out,
     _on_axis,
@@ -122,42 +126,57 @@ def _depthwise_record(ctx: RuleContext, lay: Layout, kernel: int, positions: int
 
 
 def blur_pool_rule(ctx: RuleContext) -> Layout | None:
-    """BlurPool2d: the same fixed filter on every channel (depthwise, groups = channels)."""
+    """BlurPool2d: the same fixed filter on every channel, a depthwise conv. Built with a
+    channel count it holds one filter copy per channel and convolves with
+    `groups=channels`: both follow the width (its layer spec); built without one it
+    expands one filter to whatever width it sees."""
     x = _channel_input(ctx)
     lay = x.layout
     module = ctx.module
     if lay is None:
         return None
-    if (lay.dim != 1 or lay.inner != 1 or lay.by is not None
-            or getattr(module, "channels", None) is not None):
-        return _fixed_in_out(ctx, x, "a blur filter with one copy per channel")
+    if lay.dim != 1 or lay.inner != 1 or lay.by is not None:
+        return _fixed_in_out(ctx, x, "a blur filter over a reshaped channel axis")
+    if getattr(module, "channels", None) is None:
+        return _fixed_in_out(ctx, x, "a blur filter expanded to the input's width")
     out = ctx.out_shape
     assert out is not None
     size = int(module.filt_size)  # type: ignore[union-attr]
+    _bind(ctx, "depthwise", lay, lay)
     _depthwise_record(ctx, lay, size * size, out[2] * out[3])
+    ctx.builder.note(ctx.builder.members, lay, ctx.name)
+    return lay
+
+
+def scale_rule(ctx: RuleContext) -> Layout | None:
+    """MetaFormer's Scale: `x * scale.view(shape)`, a layer scale whose view shape is
+    stored; the scale and the shape follow the width (its layer spec)."""
+    x = _channel_input(ctx)
+    lay = x.layout
+    module = ctx.module
+    if lay is None:
+        return None
+    shape = tuple(module.__dict__.get("shape", ()))  # type: ignore[union-attr]
+    axis = len(x.shape) - len(shape)
+    if (lay.dim != axis or lay.inner != 1 or lay.by is not None or ctx.out_shape != x.shape
+            or not shape or any(s != 1 for s in shape[1:])):
+        return _fixed_in_out(ctx, x, "a layer scale viewed to another shape", dim=lay.dim)
+    _bind(ctx, "scale", lay, lay)
     ctx.builder.note(ctx.builder.members, lay, ctx.name)
     return lay
 
 
 def channel_gate_rule(ctx: RuleContext) -> Layout | None:
     """An ECA-style gate: x * sigmoid(conv1d over the pooled channel axis). The 1-d kernel
-    slides along the channels, so the gate is defined at any width; its MACs are one
-    kernel per channel (per 1-d conv)."""
+    slides along the channels, so the gate itself runs at any width, but its MACs (one
+    kernel per channel) have no layer record whose positions follow a width: the channels
+    it gates stay full, named with that reason."""
     x = _channel_input(ctx)
-    lay = x.layout
-    module = ctx.module
-    if lay is None:
+    if x.layout is None:
         return None
-    if lay.dim != 1 or lay.inner != 1 or lay.by is not None or ctx.out_shape != x.shape:
-        return _fixed_in_out(ctx, x, "a channel gate over a reshaped channel axis")
-    convs = [m for m in module.modules() if isinstance(m, nn.Conv1d)]  # type: ignore[union-attr]
-    if not convs or any(c.in_channels != 1 or c.out_channels != 1 or c.groups != 1
-                        for c in convs):
-        return _fixed_in_out(ctx, x, f"{type(module).__name__} with a multi-channel conv")
-    for c in convs:
-        _depthwise_record(ctx, lay, c.kernel_size[0], 1)
-    ctx.builder.note(ctx.builder.members, lay, ctx.name)
-    return lay
+    return _fixed_in_out(ctx, x, "an ECA gate's 1-d conv runs along the channels, and no "
+                         "MACs record follows a width along its positions",
+                         dim=x.layout.dim)
 
 
 def _classes(module: str, *names: str) -> list[type]:
@@ -186,11 +205,30 @@ def install(rules: RuleTable) -> bool:
         channel_gate_rule: _classes(layers, "EcaModule", "CecaModule"),
         passthrough_rule: _classes(layers, "DropPath", "DropBlock2d"),
     }
+    register[scale_rule] = _classes("timm.models.metaformer", "Scale")
     for rule, classes in register.items():
         if classes:
             rules.register(*classes)(rule)
+    _install_layers()
     setattr(rules, _INSTALLED, True)
     return True
+
+
+def _install_layers() -> None:
+    """Layer specs for the timm layers whose channel count is a stored size."""
+    from widthsearch.dynamic import LAYERS, LayerSpec
+
+    blur = LayerSpec(lambda m, mode: {"filt": ("out", None, None, None)},
+                     lambda m, mode, n_in, n_out: {"channels": n_out}, ("channels",),
+                     macs_tensor="filt")
+    scale = LayerSpec(lambda m, mode: {"scale": ("out",)},
+                      lambda m, mode, n_in, n_out: {
+                          "shape": (n_out, *tuple(m.__dict__["shape"])[1:])},
+                      ("shape",))
+    for cls in _classes("timm.layers", "BlurPool2d"):
+        LAYERS.register(cls, blur)
+    for cls in _classes("timm.models.metaformer", "Scale"):
+        LAYERS.register(cls, scale)
 
 
 def notrace_modules() -> tuple[type, ...]:
