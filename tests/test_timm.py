@@ -10,6 +10,7 @@ CI; the rest are slow.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -36,6 +37,12 @@ FIXED_SPLITS = {"mixnet"}
 """MixedConv2d splits its channels by sizes stored in the module: those groups stay full."""
 
 
+@functools.cache
+def _variant(name: str) -> str:
+    fam = next(f for f in coverage_timm.FAMILIES if f.name == name)
+    return FAST_VARIANT.get(name) or coverage_timm.default_variant(fam)
+
+
 def _params() -> list:
     return [pytest.param(f, id=f.name, marks=() if f.name in FAST else pytest.mark.slow)
             for f in coverage_timm.FAMILIES]
@@ -43,8 +50,7 @@ def _params() -> list:
 
 def test_the_fast_subset_holds_the_layers_it_is_for() -> None:
     for fam_name, layer in FAST.items():
-        fam = next(f for f in coverage_timm.FAMILIES if f.name == fam_name)
-        variant = FAST_VARIANT.get(fam_name) or coverage_timm.default_variant(fam)
+        variant = _variant(fam_name)
         with torch.device("meta"):
             model = timm.create_model(variant, num_classes=10)
         classes = {type(m).__name__ for m in model.modules()}
@@ -54,7 +60,7 @@ def test_the_fast_subset_holds_the_layers_it_is_for() -> None:
 @pytest.mark.parametrize("family", _params())
 def test_family_converts_and_verifies(family: coverage_timm.Family) -> None:
     torch.set_num_threads(1)
-    variant = FAST_VARIANT.get(family.name) or coverage_timm.default_variant(family)
+    variant = _variant(family.name)
     rep = coverage.check_model(variant, zoo="timm", configs=1)
     assert rep.error is None, rep.warnings[-1]
     assert not rep.silently_wrong, f"full width differs by {rep.full_error:.2e}"
