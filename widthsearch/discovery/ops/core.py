@@ -46,8 +46,11 @@ def conv_rule(ctx: RuleContext) -> Layout | None:
     b = ctx.builder
     lay = x.layout if x.layout is not None else _constant_input(ctx, x, 1)
     if lay.dim != 1 or lay.inner != 1 or lay.by is not None:
-        out = _fixed_in_out(ctx, x, "convolution over an unfollowed channel axis")
-    elif conv.groups == 1:
+        # channels mixed with another axis (a space-to-depth stem): they stay full, so the
+        # conv reads a constant width and its own output channels can still slim
+        ctx.fix(x.layout, "convolution over an unfollowed channel axis")
+        lay = _constant_input(ctx, Traced(x.shape, None, x.constant), 1)
+    if conv.groups == 1:
         out = _module_output(ctx, conv.out_channels, 1)
         b.note(b.consumers, lay, ctx.name)
         _bind(ctx, "conv", lay, out)
