@@ -109,14 +109,20 @@ def sample_indices_at(
     generator: torch.Generator | None = None,
     *,
     strict: bool = True,
+    toward: np.ndarray | None = None,
 ) -> np.ndarray:
     """`n` configs (choice indices, shape (n, groups)) whose cost lies in `window`.
 
     With `strict`, a draw no fix brings into the window raises (a window narrower than the
     gaps between neighbouring configs); otherwise the closest config found is kept.
+    `toward` (n, groups) of choice indices replaces the random proportions: each draw then
+    moves along the ray through that config (scale 1 is the config itself), which repairs
+    a mutant that left the window while keeping its shape.
     """
     lo, hi = window
     reach = cost_range(space, cost)
+    if n < 1:
+        raise WidthSearchError(f"n must be a positive integer, got {n}")
     if hi < reach[0] or lo > reach[1]:
         raise WidthSearchError(
             f"the cost window [{fmt(lo)}, {fmt(hi)}] lies outside the reachable range "
@@ -127,7 +133,11 @@ def sample_indices_at(
     tables = [np.asarray(g.choices, dtype=np.int64) for g in space.groups]
     g_count = len(space.groups)
     rand = torch.rand((n, g_count + 1), generator=generator, dtype=torch.float64).numpy()
-    rates = 1e-3 + (1.0 - 1e-3) * rand[:, :g_count]  # (0, 1]: no group frozen at its minimum
+    if toward is None:
+        rates = 1e-3 + (1.0 - 1e-3) * rand[:, :g_count]  # (0, 1]: no group frozen at its minimum
+    else:
+        toward = np.asarray(toward, dtype=np.int64).reshape(n, g_count)
+        rates = (toward + 0.5) / counts  # floor(1 * rate * K) is the config itself
     aims = lo_c + (hi_c - lo_c) * rand[:, g_count]
     tie = torch.rand((n, _FIX_ROUNDS * 2), generator=generator, dtype=torch.float64).numpy()
 
