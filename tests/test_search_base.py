@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from _search_fakes import FakeEvaluator, SyntheticCosts, synthetic_space
 
 from widthsearch.errors import WidthSearchError
 from widthsearch.search.evolution import Evolution
 from widthsearch.search.greedy import Greedy
 from widthsearch.search.nsga2 import NSGA2
 from widthsearch.search.random import RandomSearch
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _search_fakes import FakeEvaluator, SyntheticCosts, synthetic_space  # noqa: E402
 
 SEARCHERS = [
     (RandomSearch, {"samples": 120, "batch": 20}),

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from _search_fakes import SyntheticCosts, synthetic_space
 
 from widthsearch.errors import WidthSearchError
 from widthsearch.search.budgets import parse_budget, resolve_budgets
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _search_fakes import SyntheticCosts, synthetic_space  # noqa: E402
 
 
 @pytest.mark.parametrize(("text", "metric", "value", "fraction"), [

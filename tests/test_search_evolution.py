@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
+from _search_fakes import FakeEvaluator, SyntheticCosts, all_indices, synthetic_space
 
 from widthsearch.search.evolution import Evolution
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _search_fakes import FakeEvaluator, SyntheticCosts, all_indices, synthetic_space  # noqa: E402
 
 
 def test_candidates_stay_in_the_window_and_the_best_is_found() -> None:

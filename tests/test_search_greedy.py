@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from _search_fakes import FakeEvaluator, all_indices, synthetic_space
 
 from widthsearch.search.greedy import Greedy
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _search_fakes import FakeEvaluator, all_indices, synthetic_space  # noqa: E402
 
 
 class StepCosts:

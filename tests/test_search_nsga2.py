@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
+from _search_fakes import FakeEvaluator, SyntheticCosts, all_indices, synthetic_space
 
 from widthsearch.search.nsga2 import NSGA2
 from widthsearch.search.pareto import hypervolume, pareto_front
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _search_fakes import FakeEvaluator, SyntheticCosts, all_indices, synthetic_space  # noqa: E402
 
 WEIGHTS = np.array([0.3, 0.2, 0.35, 0.15, 0.25])
 

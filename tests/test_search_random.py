@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
+from _search_fakes import FakeEvaluator, SyntheticCosts, synthetic_space
 
 from widthsearch.search.random import RandomSearch
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _search_fakes import FakeEvaluator, SyntheticCosts, synthetic_space  # noqa: E402
 
 
 def test_draws_within_the_budgets() -> None:

@@ -336,6 +336,20 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     return main_args(args)
 
 
+def _search_arguments(p: argparse.ArgumentParser) -> None:
+    from .search.cli import add_arguments
+
+    add_arguments(p)
+
+
+@command("search", "Search the widths of a trained supernet under budgets; writes search/"
+         "front.json, chosen.json and front.png.", _search_arguments)
+def cmd_search(args: argparse.Namespace) -> int:
+    from .search.cli import run
+
+    return run(args)
+
+
 def _compact(values: Sequence[int]) -> str:
     if len(values) <= 6:
         return ", ".join(map(str, values))

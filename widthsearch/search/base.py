@@ -90,6 +90,8 @@ class SearchResult:
     objectives: tuple[str, ...]
     full_costs: Mapping[str, float]
     extra: dict[str, Any] = field(default_factory=dict)
+    uniform: list[Record] = field(default_factory=list)
+    """The uniform-multiplier configs (space.uniform(r)), scored for comparison."""
 
     def front_json(self) -> dict[str, Any]:
         on_front = set(self.front)
@@ -238,6 +240,20 @@ class Searcher(ABC):
                 self._lookup[key] = len(self._records)
                 self._records.append(rec)
         return np.array([self._records[self._lookup[k]].accuracy for k in keys])
+
+    def baseline(self, configs: Sequence[Mapping[str, int]]) -> list[Record]:
+        """Score configs outside the search (the uniform multipliers) without adding them to
+        its history, so they change neither its state nor its result."""
+        cfgs = list(dict.fromkeys(self.space.validate(c) for c in configs))
+        if not cfgs:
+            return []
+        idx = np.stack([self.space.to_indices(c) for c in cfgs])
+        costs = self.costs(idx)
+        scores = list(self.evaluator.evaluate(cfgs))
+        return [Record(tuple(int(v) for v in idx[i]), c, {m: float(costs[m][i]) for m in self.metrics},
+                       float(s.accuracy), float(s.loss),
+                       {str(a): int(b) for a, b in dict(s.choice).items()}, -1)
+                for i, (c, s) in enumerate(zip(cfgs, scores, strict=True))]
 
     def costs(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Every reported metric of each row of choice indices."""
