@@ -79,12 +79,17 @@ class NSGA2(Searcher):
     def _build(self, initial: np.ndarray | None) -> Any:
         """pymoo's NSGA-II on our problem; `initial` is the first population (None on a
         resume, where the restored population replaces the initialization)."""
-        from pymoo.algorithms.moo.nsga2 import NSGA2 as PymooNSGA2
-        from pymoo.core.problem import Problem
-        from pymoo.operators.crossover.sbx import SBX
-        from pymoo.operators.mutation.pm import PM
-        from pymoo.operators.repair.rounding import RoundingRepair
-        from pymoo.operators.sampling.rnd import IntegerRandomSampling
+        try:
+            from pymoo.algorithms.moo.nsga2 import NSGA2 as PymooNSGA2
+            from pymoo.core.problem import Problem
+            from pymoo.operators.crossover.sbx import SBX
+            from pymoo.operators.mutation.pm import PM
+            from pymoo.operators.repair.rounding import RoundingRepair
+            from pymoo.operators.sampling.rnd import IntegerRandomSampling
+        except ImportError:
+            raise WidthSearchError(
+                "the nsga2 method needs pymoo: pip install 'widthsearch[search]'"
+            ) from None
 
         outer = self
 
