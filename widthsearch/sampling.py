@@ -6,9 +6,9 @@ budget is hit about once in 200,000 draws), so configs are built to hit the wind
 1. every group gets a random growth rate r_g in (0, 1]; at scale t its choice index is
    floor(clip(t * r_g, 0, 1) * K_g) (capped at K_g - 1, K_g allowed widths: the snap to
    the group's bins), so t = 0 is the smallest config and t = 1 / min(r) the full one;
-2. costs are monotone in every width, hence in t: a vectorized bisection finds, for every
-   draw, the smallest t whose snapped config costs at least an aim drawn uniformly inside
-   the window (so draws spread over the window, not only its edge);
+2. costs are monotone in every width, hence in t: a vectorized bisection moves every draw
+   toward an aim drawn uniformly inside the window (so draws spread over the window, not
+   only its edge) and stops once the snapped config lands inside the window near its aim;
 3. that config or its predecessor on the path lands in the window unless one snap step jumps
    over it; then a few greedy one-step moves (one group one width up or down, a random one
    among those that land in the window, else the one that gets closest) fix it.
@@ -141,8 +141,8 @@ def sample_indices_at(
     aims = lo_c + (hi_c - lo_c) * rand[:, g_count]
     tie = torch.rand((n, _FIX_ROUNDS * 2), generator=generator, dtype=torch.float64).numpy()
 
-    def indices_at(t: np.ndarray) -> np.ndarray:
-        frac = np.clip(t[:, None] * rates, 0.0, 1.0)
+    def indices_at(t: np.ndarray, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        frac = np.clip(t[:, None] * rates[rows], 0.0, 1.0)
         return np.minimum(np.floor(frac * counts + 1e-9), counts - 1).astype(np.int64)
 
     def widths_of(idx: np.ndarray) -> np.ndarray:
@@ -151,22 +151,39 @@ def sample_indices_at(
             out[:, j] = tab[idx[:, j]]
         return out
 
-    # bisection on t: invariant cost(t_lo) < aim <= cost(t_hi)
+    # bisection on t: invariant cost(t_lo) < aim <= cost(t_hi); a draw stops early once its
+    # config lands inside the window near its aim (within 1/8 of the window's width), and
+    # only the draws still running are priced
     t_lo = np.zeros(n)
     t_hi = 1.0 / rates.min(axis=1)
+    band = (hi_c - lo_c) / 8.0
+    hit = np.zeros(n, dtype=bool)
+    result = np.empty((n, g_count), dtype=np.int64)
+    active = np.arange(n)
     for _ in range(_BISECTION_STEPS):
-        mid = 0.5 * (t_lo + t_hi)
-        above = cost(widths_of(indices_at(mid))) >= aims
-        t_hi = np.where(above, mid, t_hi)
-        t_lo = np.where(above, t_lo, mid)
-    upper, lower = indices_at(t_hi), indices_at(t_lo)
+        if len(active) == 0:
+            break
+        mid = 0.5 * (t_lo[active] + t_hi[active])
+        idx = indices_at(mid, active)
+        c = cost(widths_of(idx))
+        near = (np.abs(c - aims[active]) <= band) & (c >= lo_c) & (c <= hi_c)
+        result[active[near]] = idx[near]
+        hit[active[near]] = True
+        above = c >= aims[active]
+        t_hi[active] = np.where(above, mid, t_hi[active])
+        t_lo[active] = np.where(above, t_lo[active], mid)
+        active = active[~near]
+    rest = np.flatnonzero(~hit)
+    if len(rest) == 0:
+        return result
+    upper, lower = indices_at(t_hi[rest], rest), indices_at(t_lo[rest], rest)
     c_up, c_low = cost(widths_of(upper)), cost(widths_of(lower))
     up_ok = (c_up >= lo_c) & (c_up <= hi_c)
     low_ok = (c_low >= lo_c) & (c_low <= hi_c)
-    result = np.where(up_ok[:, None], upper, lower)
-    failed = np.flatnonzero(~(up_ok | low_ok))
-    for i in failed:
-        fixed, ok = _greedy_fix(lower[i], upper[i], counts, widths_of, cost, (lo_c, hi_c), tie[i])
+    result[rest] = np.where(up_ok[:, None], upper, lower)
+    for k in np.flatnonzero(~(up_ok | low_ok)):
+        i = rest[k]
+        fixed, ok = _greedy_fix(lower[k], upper[k], counts, widths_of, cost, (lo_c, hi_c), tie[i])
         if not ok and strict:
             raise WidthSearchError(
                 f"no configuration found with cost in [{fmt(lo_c)}, {fmt(hi_c)}]: the window "
