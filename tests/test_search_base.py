@@ -86,3 +86,17 @@ def test_evaluations_are_cached_and_chosen_meets_every_budget() -> None:
     out = res.chosen_json()["chosen"][0]
     assert set(out) == {"config", "choice", "budget", "costs", "val_accuracy"}
     assert set(res.front_json()["evaluated"][0]) >= {"config", "costs", "val_accuracy"}
+
+
+def test_objectives_are_validated_and_reported() -> None:
+    space = synthetic_space()
+    with pytest.raises(WidthSearchError, match="unknown objective 'speed'"):
+        RandomSearch(space, SyntheticCosts(), FakeEvaluator(space), ["macs=50%"],
+                     objectives=["speed"])
+    with pytest.raises(WidthSearchError, match="no metric 'latency'"):
+        RandomSearch(space, SyntheticCosts(), FakeEvaluator(space), ["macs=50%"],
+                     objectives=["latency"])
+    res = NSGA2(space, SyntheticCosts(), FakeEvaluator(space), ["macs=50%"],
+                objectives=["macs", "params"], population=8, generations=2).search()
+    assert res.front_json()["objectives"] == ["val_accuracy", "macs", "params"]
+    assert set(res.records[0].costs) == {"macs", "params", "memory"}

@@ -26,7 +26,7 @@ from ..errors import WidthSearchError
 from ..runs import atomic_write_text
 from ..sampling import MetricSource
 from ..space import WidthConfig, WidthSpace
-from .budgets import Budget, Target, metric_costs, resolve_budgets
+from .budgets import METRICS, Budget, Target, metric_costs, resolve_budgets
 from .pareto import pareto_front
 
 STATE_VERSION = 1
@@ -152,6 +152,11 @@ class Searcher(ABC):
             self.targets = resolve_budgets(budgets, space, cost_model)  # type: ignore[arg-type]
         budget_metrics = tuple(dict.fromkeys(m for t in self.targets for m in t.metrics))
         self.objectives = tuple(objectives) if objectives else budget_metrics
+        unknown = [m for m in self.objectives if m not in METRICS]
+        if unknown:
+            raise WidthSearchError(
+                f"unknown objective {unknown[0]!r}; known: {', '.join(METRICS)}"
+            )
         self.metrics = tuple(dict.fromkeys((*budget_metrics, *self.objectives,
                                             *self._reportable())))
         self.seed = int(seed)
@@ -343,7 +348,9 @@ class Searcher(ABC):
     def _reportable(self) -> tuple[str, ...]:
         out = []
         ends = self.space.to_vector(self.space.max())[None]
-        for m in REPORTED_METRICS:
+        known = tuple(getattr(self.cost_model, "metrics", ()) or ())
+        extra = tuple(m for m in ("memory_live", "latency") if m in known)
+        for m in (*REPORTED_METRICS, *extra):
             try:
                 self.cost_model.evaluate(ends, m)
             except (KeyError, WidthSearchError):

@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "metric are separate targets)")
     p.add_argument("--method", default="evolution", choices=tuple(SEARCHERS),
                    help="search method (default: evolution)")
+    p.add_argument("--objective", action="append", metavar="METRIC",
+                   help="a cost to minimize beside val accuracy (nsga2; repeat for several; "
+                        "default: the budgets' metrics)")
     p.add_argument("--seed", type=int, default=0, help="search seed (default: 0)")
     p.add_argument("--align", type=int, metavar="N",
                    help="keep only widths that are multiples of N (hardware-aligned)")
@@ -48,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     options: dict[str, Any] = {n: getattr(args, n) for n in _OPTION_FLAGS
                                if getattr(args, n) is not None}
+    if args.objective:
+        options["objectives"] = [m.strip().lower() for m in args.objective]
     ev_options = {k: v for k, v in (("recal_batches", args.recal_batches),
                                      ("val_batches", args.val_batches),
                                      ("max_choices", args.max_choices)) if v is not None}
