@@ -55,3 +55,26 @@ def test_path_shrinks_one_step_at_a_time_and_stops_at_the_last_target() -> None:
     last = space.to_vector(res.extra["recorded"][1])[None]
     assert StepCosts(space).evaluate(last, "macs")[0] <= res.targets[1].limits["macs"]
     assert len(path) < 10  # stopped once 50% was reached, not at the smallest subnet
+
+
+class WeightedCosts:
+    """Linear cost: a channel of g0 costs 10, one of g1 costs 1."""
+
+    prices = np.array([0.0, 10.0, 1.0, 0.0])
+
+    def evaluate(self, widths: np.ndarray, metric: str) -> np.ndarray:
+        if metric != "macs":
+            raise KeyError(metric)
+        return np.atleast_2d(widths).astype(float) @ self.prices
+
+
+def test_per_cost_ranks_shrinks_by_accuracy_lost_per_cost_saved() -> None:
+    space = synthetic_space((8, 8), widths=4)
+    # shrinking g0 loses more accuracy than g1 but saves 10x the cost
+    ev = FakeEvaluator(space, weights=np.array([0.6, 0.4]))
+    first = {}
+    for per_cost in (False, True):
+        res = Greedy(space, WeightedCosts(), ev, ["macs=90%"], per_cost=per_cost).search()
+        step = res.extra["trajectory"][1]["config"]
+        first[per_cost] = "g0" if step["g0"] < 8 else "g1"
+    assert first == {False: "g1", True: "g0"}

@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name,
                        help=f"{name.replace('_', ' ')} (method option; see the method's "
                             "defaults in the docs)")
+    p.add_argument("--per-cost", action="store_true",
+                   help="greedy: rank shrinks by accuracy lost per cost saved")
     p.add_argument("--recal-batches", type=int, help="BN recalibration batches per config")
     p.add_argument("--val-batches", type=int, help="val batches per config (default: all)")
     p.add_argument("--max-choices", type=int, help="cafenet: assignments tried per config")
@@ -51,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     options: dict[str, Any] = {n: getattr(args, n) for n in _OPTION_FLAGS
                                if getattr(args, n) is not None}
+    if args.per_cost:
+        options["per_cost"] = True
     if args.objective:
         options["objectives"] = [m.strip().lower() for m in args.objective]
     ev_options = {k: v for k, v in (("recal_batches", args.recal_batches),

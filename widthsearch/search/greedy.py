@@ -17,18 +17,24 @@ from .base import Searcher
 
 
 class Greedy(Searcher):
-    """AutoSlim's greedy slimming; `step` is how many allowed widths one shrink removes."""
+    """AutoSlim's greedy slimming; `step` is how many allowed widths one shrink removes.
+
+    AutoSlim ranks shrinks by the accuracy they lose, which is fair when every step saves
+    about the same cost (FLOPs-sensitive bins). `per_cost=True` ranks them by accuracy lost
+    per unit of the first budget's metric saved instead, for spaces whose steps differ in cost.
+    """
 
     method = "greedy"
 
-    def __init__(self, *args: Any, step: int = 1, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, step: int = 1, per_cost: bool = False,
+                 **kwargs: Any) -> None:
         if step < 1:
             raise WidthSearchError(f"greedy step must be a positive integer, got {step}")
-        self.shrink = int(step)
+        self.shrink, self.per_cost = int(step), bool(per_cost)
         super().__init__(*args, **kwargs)
 
     def options(self) -> dict[str, Any]:
-        return {"step": self.shrink}
+        return {"step": self.shrink, "per_cost": self.per_cost}
 
     def total_steps(self) -> int:
         return int(np.sum(self.counts - 1)) + 1
@@ -53,9 +59,12 @@ class Greedy(Searcher):
                 return {**state, "stuck": True}
             cands = np.array(cands)
             acc = self.score(cands)
+            metric = self.targets[0].metrics[0]
+            saved = self.costs(cur[None])[metric][0] - self.costs(cands)[metric]
+            lost = float(self.score(cur[None])[0]) - acc
+            key = lost / np.maximum(saved, 1e-12) if self.per_cost else lost
             # ties: the shrink that saves the most of the first budget's metric
-            saved = -self.costs(cands)[self.targets[0].metrics[0]]
-            cur = cands[np.lexsort((-saved, -acc))[0]]
+            cur = cands[np.lexsort((-saved, key))[0]]
         acc_cur = float(self.score(cur[None])[0])
         recorded = list(state["recorded"])
         for i, t in enumerate(self.targets):
