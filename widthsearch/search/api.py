@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import WidthSearchError
-from .base import EvaluatorLike, Searcher, SearchResult
+from .base import EvaluatorLike, Searcher, SearchResult, writer_rank
 from .budgets import Budget
 from .evolution import Evolution
 from .greedy import Greedy
@@ -119,6 +119,6 @@ def search_widths(
                              state_dir=out_dir, progress=progress, **options)
     result = searcher.search(max_steps=max_steps, resume=resume)
     result.uniform = searcher.baseline([space.uniform(r) for r in uniform])
-    if out_dir is not None and searcher.finished:
+    if out_dir is not None and searcher.finished and writer_rank():
         write_outputs(result, out_dir)
     return result

@@ -117,6 +117,13 @@ def _decode_generator(gen: torch.Generator, text: str) -> None:
     gen.set_state(torch.from_numpy(raw))
 
 
+def writer_rank() -> bool:
+    """Under torch.distributed every rank runs the same search (the evaluator shards the
+    scoring); only rank 0 writes files."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def _digest(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -301,7 +308,7 @@ class Searcher(ABC):
 
     def _save_state(self) -> None:
         path = self.state_path
-        if path is None:
+        if path is None or not writer_rank():
             return
         payload = {
             "version": STATE_VERSION, "signature": self._signature(), "k": self._k,
