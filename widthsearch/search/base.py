@@ -216,7 +216,8 @@ class Searcher(ABC):
         while self._k < total and not self.done(self._state):
             if max_steps is not None and ran >= max_steps:
                 break
-            self._state = self.step(self._k, self._state)
+            # through JSON, so an uninterrupted search sees exactly what a resumed one loads
+            self._state = json.loads(json.dumps(self.step(self._k, self._state)))
             self._k += 1
             ran += 1
             self._save_state()
