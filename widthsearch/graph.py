@@ -121,6 +121,9 @@ class OpRecord:
 
     name: str
     tensors: tuple[TensorInfo, ...]
+    # per tensor, the storage it lives in (views and in-place results share their base's;
+    # None for constants): the cost model derives tensor lifetimes from these
+    buffers: tuple[int | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ class ChannelGraph:
     params_total: int
     parameters: dict[str, ParamBinding] = field(default_factory=dict)
     fixed_macs: list[MacRecord] = field(default_factory=list)
+    output_buffers: tuple[int, ...] = ()  # the storages the model returns (alive to the end)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +312,10 @@ class _Builder:
         self.module_out: dict[str, Layout] = {}
         self.bindings: dict[str, tuple[str, Layout, Layout]] = {}
         self.layers: list[tuple[str, str, Traced, Traced, int, int, int]] = []
-        self.ops: list[tuple[str, list[Traced]]] = []
+        self.ops: list[tuple[str, list[Traced], tuple[int | None, ...]]] = []
+        self.buffer_of: dict[int, int] = {}  # id(Traced) -> storage id, for tensor lifetimes
+        self.buffer_ptr: list[int] = []  # storage id -> its data pointer when it was made
+        self.output_buffers: tuple[int, ...] | None = None
         self.unknown: dict[str, str] = {}
         self.fixed_macs: list[tuple[str, float]] = []
         self.parameters: dict[str, tuple[int, Layout]] = {}  # name -> (axis, layout)
@@ -542,6 +549,22 @@ class _Builder:
             if name not in entries:
                 entries.append(name)
 
+    def note_buffers(self, inputs: list[Traced], traced: Any, result: Any) -> None:
+        """Give an op's outputs storage ids: an output whose storage is an input's (a view,
+        an in-place result) shares that input's id, any other gets a new one. Only the op's
+        own inputs are compared, so a freed pointer reused later is no alias."""
+        ids = [self.buffer_of.get(id(t)) for t in inputs]
+        by_ptr = {self.buffer_ptr[i]: i for i in ids if i is not None and self.buffer_ptr[i]}
+        for t, value in _paired(traced, result):
+            ptr = value.untyped_storage().data_ptr() if value.numel() else 0
+            bid = by_ptr.get(ptr) if ptr else None
+            if bid is None:
+                bid = len(self.buffer_ptr)
+                self.buffer_ptr.append(ptr)
+                if ptr:
+                    by_ptr[ptr] = bid
+            self.buffer_of[id(t)] = bid
+
     def resolve(self, arg: Any) -> Any:
         if isinstance(arg, fx.Node):
             return self.values.get(arg)
@@ -639,6 +662,15 @@ class _Recorder(fx.Interpreter):
         return result
 
 
+def _paired(traced: Any, value: Any) -> list[tuple[Traced, torch.Tensor]]:
+    """(Traced, tensor) pairs of a node's described result and its real value."""
+    if isinstance(traced, Traced) and isinstance(value, torch.Tensor):
+        return [(traced, value)]
+    if isinstance(traced, (list, tuple)) and isinstance(value, (list, tuple)):
+        return [p for t, v in zip(traced, value, strict=False) for p in _paired(t, v)]
+    return []
+
+
 def _describe(value: Any, layout: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return Traced(tuple(value.shape), layout if isinstance(layout, Layout) else None)
@@ -659,16 +691,21 @@ def _apply_rule(b: _Builder, node: fx.Node, result: Any) -> Any:
     if node.op == "placeholder":
         if isinstance(result, torch.Tensor) and result.dim() >= 2:
             sid = b.new_space(result.shape[1], "input", fixed="the model input")
-            return Traced(tuple(result.shape), Layout(1, (sid,)))
-        return _describe(result, None)
+            traced = Traced(tuple(result.shape), Layout(1, (sid,)))
+        else:
+            traced = _describe(result, None)
+        b.note_buffers([], traced, result)
+        return traced
     if node.op == "get_attr":
         if isinstance(result, torch.Tensor):
             return Traced(tuple(result.shape), None, constant=str(node.target))
         return result
     if node.op == "output":
-        for t in _flatten(b.resolve(node.args)):
-            if isinstance(t, Traced):
-                b.fix(t.layout, "the model output")
+        returned = [t for t in _flatten(b.resolve(node.args)) if isinstance(t, Traced)]
+        for t in returned:
+            b.fix(t.layout, "the model output")
+        if b.output_buffers is None:  # the inference graph's (recorded first)
+            b.output_buffers = tuple(b.buffer_of[id(t)] for t in returned if id(t) in b.buffer_of)
         return None
 
     module = b.gm.get_submodule(node.target) if node.op == "call_module" else None
@@ -698,8 +735,10 @@ def _apply_rule(b: _Builder, node: fx.Node, result: Any) -> Any:
         layout = rule(ctx)
     traced = _describe(result, layout)
     outputs = [t for t in _flatten(traced) if isinstance(t, Traced)]
+    b.note_buffers(inputs, traced, result)
     if outputs and (inputs or module is not None):
-        b.ops.append((ctx.name, inputs + outputs))
+        tensors = inputs + outputs
+        b.ops.append((ctx.name, tensors, tuple(b.buffer_of.get(id(t)) for t in tensors)))
     return traced
 
 
@@ -1576,7 +1615,8 @@ def _finish(b: _Builder, model: nn.Module) -> ChannelGraph:
         LayerRecord(name, kind, traced(x), traced(y), positions, kernel, groups_)
         for name, kind, x, y, positions, kernel, groups_ in b.layers
     ]
-    ops = [OpRecord(name, tuple(traced(t) for t in tensors)) for name, tensors in b.ops]
+    ops = [OpRecord(name, tuple(traced(t) for t in tensors), buffers)
+           for name, tensors, buffers in b.ops]
     parameters = {}
     for pname, (axis, layout) in b.parameters.items():
         glayout = b.group_layout(layout, names)
@@ -1607,7 +1647,7 @@ def _finish(b: _Builder, model: nn.Module) -> ChannelGraph:
         warnings.warn(msgs[-1], stacklevel=3)
     params_total = sum(p.numel() for p in model.parameters())
     return ChannelGraph(groups, bindings, layers, ops, msgs, params_total, parameters,
-                        fixed_macs)
+                        fixed_macs, b.output_buffers or ())
 
 
 def describe_groups(groups: Iterable[GroupInfo]) -> str:
