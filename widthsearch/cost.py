@@ -297,6 +297,10 @@ class CostModel:
         return (self._channels(layer.inputs.layout, layer.inputs.shape[axis]),
                 self._channels(layer.output.layout, layer.output.shape[axis]))
 
+    def numel_form(self, t: TensorInfo) -> tuple[np.ndarray, float]:
+        """Per-sample elements of a recorded tensor as an affine form of the width vector."""
+        return self._numel(t)
+
     # -- evaluation ------------------------------------------------------------------------
     def macs(self, widths: np.ndarray) -> np.ndarray:
         return self.evaluate(widths, "macs")

@@ -1,0 +1,577 @@
+"""Per-layer latency lookup tables measured on a target, as one more cost metric.
+
+A table times every conv / linear call of the discovered graph alone, at every (in, out)
+width pair the width space can give it, on one backend (torch on CPU or CUDA, onnxruntime on
+CPU); identical layer shapes share their timings. The rest of the forward (norms,
+activations, additions, framework overhead) is `constant + per_element * E(w)`, E being the
+elements the other ops read and write (an affine form of the widths): fitted to the
+end-to-end latency minus the layers' sum at full and at minimum width, so the rest shrinks
+with the widths as norms and activations do (`per_element` 0 gives the plain constant of
+end-to-end at full width minus the layers). A configuration's latency is the sum of its
+layers' entries plus the rest. The table reports its own error against end-to-end
+latency measured on exported models at random configurations, and is stored as JSON with a
+description of the device it was measured on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils import benchmark
+
+from .cost import CostModel
+from .errors import WidthSearchError
+from .graph import LayerRecord
+from .space import WidthSpace
+
+FORMAT = "widthsearch-latency-table/1"
+BACKENDS = ("torch", "onnxruntime")
+MAX_COMBINATIONS = 20_000  # joint enumeration of a layer's groups above this: sides apart
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer shapes: the key identical layers share, and how to build one at given widths
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """Everything that decides a conv / linear call's time except its two widths.
+
+    `coupled` convs (depthwise, grouped with in = out) keep their channels per conv group,
+    so their groups follow the width; other grouped convs keep their groups.
+    """
+
+    op: str  # "conv2d" | "linear"
+    in_full: int
+    out_full: int
+    spatial: tuple[int, ...]  # conv: input (H, W); linear: the leading axes between batch and features
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] | str = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
+    coupled: bool = False
+    bias: bool = True
+    padding_mode: str = "zeros"
+
+    def key(self) -> str:
+        """A stable JSON key for this shape."""
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LayerShape:
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+    def build(self, in_width: int, out_width: int) -> nn.Module:
+        """A plain layer at these widths, as the export would make it."""
+        if self.op == "linear":
+            return nn.Linear(in_width, out_width, bias=self.bias)
+        groups = in_width // (self.in_full // self.groups) if self.coupled else self.groups
+        return nn.Conv2d(in_width, out_width, self.kernel, self.stride, self.padding,
+                         self.dilation, groups, self.bias, self.padding_mode)
+
+    def example(self, in_width: int, batch: int) -> torch.Tensor:
+        if self.op == "linear":
+            return torch.randn(batch, *self.spatial, in_width)
+        return torch.randn(batch, in_width, *self.spatial)
+
+
+def layer_shape(record: LayerRecord, module: nn.Module) -> LayerShape:
+    """The shape key of one recorded layer call (`module` may be a dynamic layer)."""
+    layer = getattr(module, "template", module)
+    if isinstance(layer, nn.Linear):
+        return LayerShape("linear", layer.in_features, layer.out_features,
+                          tuple(record.inputs.shape[1:-1]), bias=layer.bias is not None)
+    if isinstance(layer, nn.Conv2d):
+        coupled = layer.groups > 1 and record.inputs.layout == record.output.layout
+        return LayerShape("conv2d", layer.in_channels, layer.out_channels,
+                          tuple(record.inputs.shape[2:]), tuple(layer.kernel_size),
+                          tuple(layer.stride), layer.padding if isinstance(layer.padding, str)
+                          else tuple(layer.padding), tuple(layer.dilation), layer.groups,
+                          coupled, layer.bias is not None, layer.padding_mode)
+    raise WidthSearchError(f"no latency model for layer {record.name!r} "
+                           f"({type(layer).__name__}); conv2d and linear layers are timed")
+
+
+def width_pairs(space: WidthSpace, forms: tuple[tuple[np.ndarray, float], ...]
+                ) -> set[tuple[int, int]]:
+    """Every (in, out) width pair the space can give a layer whose widths are `forms`."""
+    (a_in, c_in), (a_out, c_out) = forms
+    used = [i for i in range(len(space.groups)) if a_in[i] or a_out[i]]
+    choices = [space.groups[i].choices for i in used]
+    if math.prod(len(c) for c in choices) <= MAX_COMBINATIONS:
+        pairs = set()
+        for combo in itertools.product(*choices):
+            w = np.zeros(len(space.groups))
+            w[used] = combo
+            pairs.add((_round(w @ a_in + c_in), _round(w @ a_out + c_out)))
+        return pairs
+    return set(itertools.product(_reachable(space, a_in, c_in), _reachable(space, a_out, c_out)))
+
+
+def _reachable(space: WidthSpace, coef: np.ndarray, const: float) -> set[int]:
+    """The values an affine form of the widths takes (a sumset over its groups)."""
+    values = {const}
+    for i, g in enumerate(space.groups):
+        if coef[i]:
+            values = {v + coef[i] * c for v in values for c in g.choices}
+    return {_round(v) for v in values}
+
+
+def _round(x: float) -> int:
+    return int(round(float(x)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing backends
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how timings are taken."""
+
+    backend: str = "torch"  # "torch" | "onnxruntime"
+    device: str = "cpu"  # torch only: "cpu" | "cuda"
+    threads: int = 1
+    batch_size: int = 1
+    min_run_time: float = 0.03  # seconds of timed runs per measurement
+    warmup: int = 3
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise WidthSearchError(f"unknown latency backend {self.backend!r}; "
+                                   f"choose one of {', '.join(BACKENDS)}")
+        if self.device not in ("cpu", "cuda"):
+            raise WidthSearchError(f"device must be cpu or cuda, not {self.device!r}")
+        if self.device == "cuda" and self.backend != "torch":
+            raise WidthSearchError("CUDA timings use the torch backend")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise WidthSearchError("--device cuda, but torch sees no CUDA device")
+        if self.threads < 1 or self.batch_size < 1:
+            raise WidthSearchError("threads and batch size must be at least 1")
+
+    def describe(self) -> dict[str, Any]:
+        """The device description stored with a table."""
+        info: dict[str, Any] = {
+            "backend": self.backend, "device": self.device, "threads": self.threads,
+            "batch_size": self.batch_size, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__,
+        }
+        if self.backend == "onnxruntime":
+            import onnxruntime
+
+            info["onnxruntime"] = onnxruntime.__version__
+        if self.device == "cuda":
+            info["cuda_device"] = torch.cuda.get_device_name()
+            info["cuda"] = torch.version.cuda
+        return info
+
+    def timer(self, module: nn.Module, x: torch.Tensor) -> Callable[[], float]:
+        """A function that measures one median latency (seconds) of `module` on `x`."""
+        module = module.eval()
+        if self.backend == "onnxruntime":
+            run = _onnx_runner(module, x, self.threads)
+        else:
+            device = torch.device(self.device)
+            module, x = module.to(device), x.to(device)
+
+            def run() -> Any:
+                with torch.no_grad():
+                    return module(x)
+
+        for _ in range(self.warmup):
+            run()
+        timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=self.threads)
+
+        def measure() -> float:
+            return float(timer.blocked_autorange(min_run_time=self.min_run_time).median)
+
+        return measure
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _onnx_runner(module: nn.Module, x: torch.Tensor, threads: int) -> Callable[[], Any]:
+    """An onnxruntime CPU session of `module`, exported with the legacy exporter."""
+    import onnxruntime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        with torch.no_grad():
+            torch.onnx.export(module, (x,), str(path), input_names=["input"],
+                              output_names=["output"], dynamo=False)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        session = onnxruntime.InferenceSession(str(path), options,
+                                               providers=["CPUExecutionProvider"])
+    feed = {"input": x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+
+@dataclass
+class LatencyTable:
+    """Per-layer timings (seconds) at every width pair, a constant for the rest, the device.
+
+    `layers` maps each recorded layer call (in graph order) to its shape key; `times` maps a
+    shape key to {(in, out): seconds}. `error` holds the check against exported models.
+    """
+
+    device: dict[str, Any]
+    layers: list[tuple[str, str]]
+    shapes: dict[str, LayerShape]
+    times: dict[str, dict[tuple[int, int], float]]
+    constant: float
+    full_latency: float
+    groups: dict[str, list[int]]
+    per_element: float = 0.0  # seconds per element the other ops read and write
+    reference: float = 0.0  # the full model's latency at the load every timing is scaled to
+    error: dict[str, Any] = field(default_factory=dict)
+    build_seconds: float = 0.0
+
+    # -- prediction ------------------------------------------------------------------------
+    def as_metric(self, model: CostModel) -> LatencyMetric:
+        """The metric "latency" over `model`'s width vectors (checks the table fits)."""
+        records = model.graph.layers
+        names = [r.name for r in records]
+        if names != [name for name, _ in self.layers]:
+            raise WidthSearchError("the latency table was measured on another model (its "
+                                   f"layers {_few([n for n, _ in self.layers])} differ from "
+                                   f"{_few(names)})")
+        space_groups = {g.name: list(g.choices) for g in model.space.groups}
+        missing = [g for g, ch in space_groups.items() if not set(ch) <= set(self.groups.get(g, ()))]
+        if missing:
+            raise WidthSearchError(f"the latency table has no timings for the widths of groups "
+                                   f"{_few(missing)}: measure a table for this width space")
+        forms = [model.layer_forms(r) for r in records]
+        grids = [_Grid(self.times[key]) for _, key in self.layers]
+        batch = int(self.device.get("batch_size", 1))
+        coef, const = other_elements(model)
+        return LatencyMetric(forms, grids, self.constant, names,
+                             (coef * batch * self.per_element, const * batch * self.per_element))
+
+    def predict(self, model: CostModel, widths: np.ndarray) -> np.ndarray:
+        return self.as_metric(model).evaluate(widths)
+
+    # -- JSON --------------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "device": self.device,
+            "constant": self.constant,
+            "per_element": self.per_element,
+            "reference": self.reference,
+            "full_latency": self.full_latency,
+            "build_seconds": self.build_seconds,
+            "groups": self.groups,
+            "layers": [{"name": n, "shape": k} for n, k in self.layers],
+            "shapes": {k: {"spec": s.to_json(),
+                           "times": [[i, o, t] for (i, o), t in sorted(self.times[k].items())]}
+                       for k, s in self.shapes.items()},
+            "error": self.error,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LatencyTable:
+        if data.get("format") != FORMAT:
+            raise WidthSearchError(f"not a latency table (format {data.get('format')!r}, "
+                                   f"expected {FORMAT!r})")
+        try:
+            shapes = {k: LayerShape.from_json(v["spec"]) for k, v in data["shapes"].items()}
+            times = {k: {(int(i), int(o)): float(t) for i, o, t in v["times"]}
+                     for k, v in data["shapes"].items()}
+            return cls(dict(data["device"]), [(d["name"], d["shape"]) for d in data["layers"]],
+                       shapes, times, float(data["constant"]), float(data["full_latency"]),
+                       {g: list(c) for g, c in data["groups"].items()},
+                       float(data["per_element"]), float(data["reference"]),
+                       dict(data["error"]), float(data.get("build_seconds", 0.0)))
+        except (KeyError, TypeError, ValueError) as err:
+            raise WidthSearchError(f"a damaged latency table: {err!r}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        path = Path(path)
+        if not path.is_file():
+            raise WidthSearchError(f"latency table {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise WidthSearchError(f"{path} is not JSON: {err}") from None
+        return cls.from_json(data)
+
+
+def _few(items: Sequence[str]) -> str:
+    return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+
+
+class _Grid:
+    """One shape's timings as a dense (in, out) grid, for vectorized lookups."""
+
+    def __init__(self, times: dict[tuple[int, int], float]) -> None:
+        self.ins = np.array(sorted({i for i, _ in times}))
+        self.outs = np.array(sorted({o for _, o in times}))
+        self.grid = np.full((len(self.ins), len(self.outs)), np.nan)
+        for (i, o), t in times.items():
+            self.grid[np.searchsorted(self.ins, i), np.searchsorted(self.outs, o)] = t
+
+    def lookup(self, ins: np.ndarray, outs: np.ndarray) -> np.ndarray:
+        i = np.clip(np.searchsorted(self.ins, ins), 0, len(self.ins) - 1)
+        o = np.clip(np.searchsorted(self.outs, outs), 0, len(self.outs) - 1)
+        found = (self.ins[i] == ins) & (self.outs[o] == outs)
+        return np.where(found, self.grid[i, o], np.nan)
+
+
+@dataclass(frozen=True)
+class LatencyMetric:
+    """latency(w) = sum over layers of table[layer](in(w), out(w)) + constant, in seconds."""
+
+    forms: list[tuple[tuple[np.ndarray, float], tuple[np.ndarray, float]]]
+    grids: list[_Grid]
+    constant: float
+    names: list[str]
+    rest: tuple[np.ndarray, float]  # the width-dependent part of the rest, in seconds
+    name: str = "latency"
+
+    def evaluate(self, widths: np.ndarray) -> np.ndarray:
+        w = np.asarray(widths, dtype=np.float64)
+        w = w[None, :] if w.ndim == 1 else w
+        total = self.constant + w @ self.rest[0] + self.rest[1]
+        for name, ((a_in, c_in), (a_out, c_out)), grid in zip(
+                self.names, self.forms, self.grids, strict=True):
+            t = grid.lookup(np.rint(w @ a_in + c_in), np.rint(w @ a_out + c_out))
+            if np.isnan(t).any():
+                raise WidthSearchError(f"the latency table has no timing for layer {name!r} at "
+                                       "these widths: measure a table for this width space")
+            total += t
+        return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and checking a table
+
+
+def measure_table(net: Any, target: Target, *, samples: int = 20, rounds: int = 3,
+                  seed: int = 0, progress: Callable[[str], None] | None = None) -> LatencyTable:
+    """Time every layer of `net` (a Supernet) at every width pair its space allows, then
+    check the additive prediction against exported models at `samples` random configs.
+
+    Timings are medians of torch.utils.benchmark runs. On a shared machine the load drifts
+    over the minutes a table takes, so a reference (the full exported model) is timed
+    between every `REFERENCE_EVERY` timings and in every end-to-end round, and every timing
+    is scaled to the reference's median load; the end-to-end checks interleave the
+    configurations over `rounds` rounds and keep each one's median.
+    """
+    say = progress or (lambda _msg: None)
+    start = time.perf_counter()
+    model, cost = net.model, net.cost_model
+    records = cost.graph.layers
+    layers: list[tuple[str, str]] = []
+    shapes: dict[str, LayerShape] = {}
+    needed: dict[str, set[tuple[int, int]]] = {}
+    for r in records:
+        shape = layer_shape(r, model.get_submodule(r.name))
+        key = shape.key()
+        layers.append((r.name, key))
+        shapes[key] = shape
+        needed.setdefault(key, set()).update(width_pairs(cost.space, cost.layer_forms(r)))
+    total = sum(len(p) for p in needed.values())
+    say(f"{len(records)} layers, {len(shapes)} distinct shapes, {total} timings")
+    raw: list[tuple[str, tuple[int, int], float, float]] = []  # key, pair, time, its load
+    with _threads(target.threads):
+        load = _Load(target.timer(net.export(cost.space.max()), _example(net, target.batch_size)))
+        for key, pairs in needed.items():
+            shape = shapes[key]
+            for i, o in sorted(pairs):
+                if len(raw) % REFERENCE_EVERY == 0:
+                    load.sample()
+                t = target.timer(shape.build(i, o), shape.example(i, target.batch_size))()
+                raw.append((key, (i, o), t, load.last))
+            say(f"timed {len(raw)}/{total}")
+        gen = torch.Generator().manual_seed(seed)
+        checks = [cost.space.sample(gen) for _ in range(samples)]
+        say(f"timing the full, the smallest and {samples} random models end to end")
+        e2e = end_to_end(net, [cost.space.max(), cost.space.min(), *checks], target, rounds,
+                         load=load)
+    typical = load.typical()
+    e2e = [t * typical for t in e2e]
+    times: dict[str, dict[tuple[int, int], float]] = {key: {} for key in needed}
+    for key, pair, t, at in raw:
+        times[key][pair] = t * typical / at
+    table = LatencyTable(target.describe(), layers, shapes, times, 0.0, 0.0,
+                         {g.name: list(g.choices) for g in cost.space.groups},
+                         reference=typical)
+    _fit_rest(net, table, target.batch_size, e2e[:2])
+    if samples:
+        table.error = table_error(net, table, checks, e2e[2:])
+        table.error.update(rounds=rounds, seed=seed)
+    table.build_seconds = time.perf_counter() - start
+    return table
+
+
+REFERENCE_EVERY = 10
+
+
+class _Load:
+    """The machine's load, seen through the latency of one fixed reference workload."""
+
+    def __init__(self, measure: Callable[[], float]) -> None:
+        self.measure = measure
+        self.samples: list[float] = []
+
+    def sample(self) -> float:
+        self.samples.append(self.measure())
+        return self.samples[-1]
+
+    @property
+    def last(self) -> float:
+        return self.samples[-1]
+
+    def typical(self) -> float:
+        return statistics.median(self.samples)
+
+
+def other_elements(model: CostModel) -> tuple[np.ndarray, float]:
+    """Elements per sample the ops other than conv / linear layers read and write, as an
+    affine form of the widths: what the rest of the forward's time grows with."""
+    layers = {r.name for r in model.graph.layers}
+    coef, const = np.zeros(len(model.space.groups)), 0.0
+    for op in model.graph.ops:
+        if op.name in layers:
+            continue
+        for t in op.tensors:
+            c, k = model.numel_form(t)
+            coef, const = coef + c, const + k
+    return coef, const
+
+
+def end_to_end(net: Any, configs: Sequence[Any], target: Target, rounds: int = 3,
+               load: _Load | None = None) -> list[float]:
+    """End-to-end latency (seconds) of the exported model of each config: `rounds` rounds
+    over all of them in turn, each config's median kept, so the slow spells of a shared
+    machine fall on every config alike instead of biasing some. With `load`, each round
+    also times the reference and the results are in units of the reference's latency."""
+    x = _example(net, target.batch_size)
+    with _threads(target.threads):
+        timers = [target.timer(net.export(c), x) for c in configs]
+        runs = []
+        for _ in range(rounds):
+            scale = 1.0 / load.sample() if load is not None else 1.0
+            runs.append([t() * scale for t in timers])
+    return [statistics.median(r[i] for r in runs) for i in range(len(configs))]
+
+
+def _fit_rest(net: Any, table: LatencyTable, batch: int, e2e: Sequence[float]) -> None:
+    """Fit `constant + per_element * E(w)` to end-to-end minus the layers at the full and
+    the smallest config; a negative slope (noise) falls back to the plain constant at full
+    width."""
+    space = net.cost_model.space
+    w = np.stack([space.to_vector(c) for c in (space.max(), space.min())]).astype(np.float64)
+    table.per_element, table.constant = 0.0, 0.0
+    layers_only = table.predict(net.cost_model, w)
+    coef, const = other_elements(net.cost_model)
+    elements = (w @ coef + const) * batch
+    rest = np.asarray(e2e) - layers_only
+    slope = (rest[0] - rest[1]) / (elements[0] - elements[1]) if elements[0] > elements[1] else 0.0
+    table.per_element = max(float(slope), 0.0)
+    table.constant = float(rest[0] - table.per_element * elements[0])
+    table.full_latency = float(e2e[0])
+
+
+def check_table(net: Any, table: LatencyTable, target: Target, *, samples: int,
+                rounds: int = 3, seed: int = 0) -> dict[str, Any]:
+    """The table's error against end-to-end latency measured now on exported models at
+    `samples` random configurations (a table from another time). Measurements are scaled
+    to the table's reference load, as its timings are."""
+    gen = torch.Generator().manual_seed(seed)
+    configs = [net.cost_model.space.sample(gen) for _ in range(samples)]
+    load = None
+    if table.reference:
+        load = _Load(target.timer(net.export(net.cost_model.space.max()),
+                                  _example(net, target.batch_size)))
+    measured = end_to_end(net, configs, target, rounds, load=load)
+    if load is not None:
+        measured = [t * table.reference for t in measured]
+    error = table_error(net, table, configs, measured)
+    error.update(rounds=rounds, seed=seed)
+    return error
+
+
+def table_error(net: Any, table: LatencyTable, configs: Sequence[Any],
+                measured: Sequence[float]) -> dict[str, Any]:
+    """MAPE, share within +-10% and the signed mean of (predicted - measured) / measured."""
+    space = net.cost_model.space
+    widths = np.stack([space.to_vector(c) for c in configs]).astype(np.float64)
+    predicted = table.predict(net.cost_model, widths)
+    m = np.asarray(measured, dtype=np.float64)
+    rel = (predicted - m) / m
+    return {
+        "samples": len(configs),
+        "mape": float(np.mean(np.abs(rel))),
+        "within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
+        "max_abs_error": float(np.max(np.abs(rel))),
+        "mean_error": float(np.mean(rel)),
+        "measured": m.tolist(), "predicted": predicted.tolist(),
+        "macs": net.cost_model.macs(widths).tolist(),
+    }
+
+
+def _example(net: Any, batch: int) -> torch.Tensor:
+    """An input batch shaped like the one discovery traced (the first op reads it)."""
+    if not net.graph.ops:
+        raise WidthSearchError("the supernet recorded no ops: nothing to time")
+    return torch.randn(batch, *net.graph.ops[0].tensors[0].shape[1:])
+
+
+class _threads:
+    """Set torch's intra-op threads for the measurement, restore them after."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.before = torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.before)
