@@ -23,6 +23,7 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,7 +226,8 @@ def _onnx_runner(module: nn.Module, x: torch.Tensor, threads: int) -> Callable[[
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter, on purpose
             torch.onnx.export(module, (x,), str(path), input_names=["input"],
                               output_names=["output"], dynamo=False)
         options = onnxruntime.SessionOptions()
