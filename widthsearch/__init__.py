@@ -4,9 +4,9 @@ __version__ = "0.1.0"
 
 from . import models, patterns  # noqa: E402
 from .cost import Cost, CostModel  # noqa: E402
+from .discovery import discover, register_rule  # noqa: E402
 from .errors import WidthSearchError  # noqa: E402
 from .export import load, save, to_onnx  # noqa: E402
-from .graph import discover, register_rule  # noqa: E402
 from .space import ChannelGroup, WidthConfig, WidthSpace  # noqa: E402
 from .supernet import Supernet  # noqa: E402
 

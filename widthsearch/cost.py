@@ -26,8 +26,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch.nn as nn
 
+from .discovery import ChannelGraph, GroupLayout, LayerRecord, Mix, Part, TensorInfo
 from .errors import WidthSearchError
-from .graph import ChannelGraph, GroupLayout, LayerRecord, Mix, Part, TensorInfo
 from .space import WidthSpace
 
 BYTES_PER_ELEMENT = 4

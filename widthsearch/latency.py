@@ -35,8 +35,8 @@ import torch.nn as nn
 from torch.utils import benchmark
 
 from .cost import CostModel
+from .discovery import LayerRecord
 from .errors import WidthSearchError
-from .graph import LayerRecord
 from .space import WidthSpace
 
 FORMAT = "widthsearch-latency-table/1"
