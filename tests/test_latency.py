@@ -121,7 +121,9 @@ def test_latency_is_one_more_metric(tiny: ws.Supernet, tiny_table: LatencyTable,
     assert vectorized.tolist() == pytest.approx(per_config, rel=1e-12)
     assert vectorized.tolist() == pytest.approx(tiny_table.predict(tiny.cost_model, every).tolist())
     assert net.cost_model.full.latency == pytest.approx(tiny_table.full_latency)
-    assert net.cost(net.space.min()).ratio(net.cost_model.full)["latency"] < 1.0
+    small = net.cost(net.space.min())
+    assert small.ratio(net.cost_model.full)["latency"] == pytest.approx(
+        small.latency / tiny_table.full_latency)
 
 
 def test_error_report(tiny_table: LatencyTable) -> None:
@@ -209,3 +211,21 @@ def test_the_table_predicts_exported_models_within_its_reported_error() -> None:
     table = measure_table(net, Target(), samples=10)
     fresh = check_table(net, table, Target(), samples=10, seed=1)
     assert fresh["mape"] <= max(2 * table.error["mape"], 0.15)
+
+
+def test_single_layer_onnx_models_compute_the_layer(tiny: ws.Supernet) -> None:
+    """The one-node ONNX models timed for onnxruntime compute what the torch layer does."""
+    import onnxruntime
+
+    from widthsearch.latency import _layer_onnx
+
+    for record in tiny.cost_model.graph.layers:
+        shape = layer_shape(record, tiny.model.get_submodule(record.name))
+        layer = shape.build(4 * 36 if shape.op == "linear" else 4, 4)
+        x = shape.example(layer.in_features if shape.op == "linear" else 4, 2)
+        session = onnxruntime.InferenceSession(_layer_onnx(layer, x),
+                                               providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            expected = layer(x).numpy()
+        np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], expected,
+                                   rtol=1e-4, atol=1e-5)

@@ -221,23 +221,65 @@ def cpu_model() -> str:
 
 
 def _onnx_runner(module: nn.Module, x: torch.Tensor, threads: int) -> Callable[[], Any]:
-    """An onnxruntime CPU session of `module`, exported with the legacy exporter."""
+    """An onnxruntime CPU session of `module`: a single conv / linear layer is written as
+    one ONNX node directly (fast, and what the exporter writes), anything else goes through
+    the legacy exporter."""
     import onnxruntime
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "m.onnx"
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter, on purpose
-            torch.onnx.export(module, (x,), str(path), input_names=["input"],
-                              output_names=["output"], dynamo=False)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        session = onnxruntime.InferenceSession(str(path), options,
-                                               providers=["CPUExecutionProvider"])
-    feed = {"input": x.numpy()}
+    model = _layer_onnx(module, x)
+    if model is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "m.onnx"
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter, on purpose
+                torch.onnx.export(module, (x,), str(path), input_names=["input"],
+                                  output_names=["output"], dynamo=False)
+            model = path.read_bytes()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.numpy()}
     return lambda: session.run(None, feed)
+
+
+def _layer_onnx(module: nn.Module, x: torch.Tensor) -> bytes | None:
+    """One Conv or Gemm node with the layer's weights, or None for other modules."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = getattr(module, "weight", None)
+    if weight is None:
+        return None
+    inits = [numpy_helper.from_array(weight.detach().numpy(), "W")]
+    if module.bias is not None:
+        inits.append(numpy_helper.from_array(module.bias.detach().numpy(), "B"))
+    names = ["input", *(t.name for t in inits)]
+    if type(module) is nn.Conv2d and module.padding_mode == "zeros":
+        attrs: dict[str, Any] = {"kernel_shape": list(module.kernel_size),
+                                 "strides": list(module.stride),
+                                 "dilations": list(module.dilation), "group": module.groups}
+        if module.padding == "same":
+            attrs["auto_pad"] = "SAME_UPPER"
+        elif module.padding == "valid":
+            attrs["pads"] = [0, 0, 0, 0]
+        else:
+            attrs["pads"] = [*module.padding, *module.padding]
+        node = helper.make_node("Conv", names, ["output"], **attrs)
+    elif type(module) is nn.Linear and x.dim() == 2:
+        node = helper.make_node("Gemm", names, ["output"], transB=1)
+    else:
+        return None
+    with torch.no_grad():
+        out_shape = list(module(x).shape)
+    graph = helper.make_graph(
+        [node], "layer", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                        list(x.shape))],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
 
 
 # ---------------------------------------------------------------------------------------------
