@@ -239,6 +239,9 @@ def _onnx_runner(module: nn.Module, x: torch.Tensor, threads: int) -> Callable[[
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # no NCHWc layout rewrite: it adds reorders around a lone conv that a whole model pays
+    # once, so layers timed alone would not add up to the model
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.numpy()}
     return lambda: session.run(None, feed)
