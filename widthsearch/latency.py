@@ -15,6 +15,7 @@ description of the device it was measured on.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -24,10 +25,10 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,7 +38,10 @@ from torch.utils import benchmark
 from .cost import CostModel
 from .discovery import LayerRecord
 from .errors import WidthSearchError
-from .space import WidthSpace
+from .space import WidthConfig, WidthSpace
+
+if TYPE_CHECKING:
+    from .supernet import Supernet
 
 FORMAT = "widthsearch-latency-table/1"
 BACKENDS = ("torch", "onnxruntime")
@@ -438,7 +442,7 @@ class LatencyMetric:
 # Building and checking a table
 
 
-def measure_table(net: Any, target: Target, *, samples: int = 20, rounds: int = 3,
+def measure_table(net: Supernet, target: Target, *, samples: int = 20, rounds: int = 3,
                   seed: int = 0, progress: Callable[[str], None] | None = None) -> LatencyTable:
     """Time every layer of `net` (a Supernet) at every width pair its space allows, then
     check the additive prediction against exported models at `samples` random configs.
@@ -532,7 +536,7 @@ def other_elements(model: CostModel) -> tuple[np.ndarray, float]:
     return coef, const
 
 
-def end_to_end(net: Any, configs: Sequence[Any], target: Target, rounds: int = 3,
+def end_to_end(net: Supernet, configs: Sequence[WidthConfig], target: Target, rounds: int = 3,
                load: _Load | None = None) -> list[float]:
     """End-to-end latency (seconds) of the exported model of each config: `rounds` rounds
     over all of them in turn, each config's median kept, so the slow spells of a shared
@@ -548,7 +552,7 @@ def end_to_end(net: Any, configs: Sequence[Any], target: Target, rounds: int = 3
     return [statistics.median(r[i] for r in runs) for i in range(len(configs))]
 
 
-def _fit_rest(net: Any, table: LatencyTable, batch: int, e2e: Sequence[float]) -> None:
+def _fit_rest(net: Supernet, table: LatencyTable, batch: int, e2e: Sequence[float]) -> None:
     """Fit `constant + per_element * E(w)` to end-to-end minus the layers at the full and
     the smallest config; a negative slope (noise) falls back to the plain constant at full
     width."""
@@ -565,7 +569,7 @@ def _fit_rest(net: Any, table: LatencyTable, batch: int, e2e: Sequence[float]) -
     table.full_latency = float(e2e[0])
 
 
-def check_table(net: Any, table: LatencyTable, target: Target, *, samples: int,
+def check_table(net: Supernet, table: LatencyTable, target: Target, *, samples: int,
                 rounds: int = 3, seed: int = 0) -> dict[str, Any]:
     """The table's error against end-to-end latency measured now on exported models at
     `samples` random configurations (a table from another time). Measurements are scaled
@@ -584,7 +588,7 @@ def check_table(net: Any, table: LatencyTable, target: Target, *, samples: int,
     return error
 
 
-def table_error(net: Any, table: LatencyTable, configs: Sequence[Any],
+def table_error(net: Supernet, table: LatencyTable, configs: Sequence[WidthConfig],
                 measured: Sequence[float]) -> dict[str, Any]:
     """MAPE, share within +-10% and the signed mean of (predicted - measured) / measured."""
     space = net.cost_model.space
@@ -603,22 +607,19 @@ def table_error(net: Any, table: LatencyTable, configs: Sequence[Any],
     }
 
 
-def _example(net: Any, batch: int) -> torch.Tensor:
+def _example(net: Supernet, batch: int) -> torch.Tensor:
     """An input batch shaped like the one discovery traced (the first op reads it)."""
     if not net.graph.ops:
         raise WidthSearchError("the supernet recorded no ops: nothing to time")
     return torch.randn(batch, *net.graph.ops[0].tensors[0].shape[1:])
 
 
-class _threads:
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
     """Set torch's intra-op threads for the measurement, restore them after."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.before = torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.before)
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
