@@ -2,7 +2,7 @@
 
     python bench/bench_latency.py --out bench/results/latency.json
 
-For each model (zoo resnet20 and mobilenetv2 at Fashion-MNIST size, 1x28x28, batch 1) and
+For each model (zoo resnet20 and mobilenetv2 at their default input, 3x32x32, batch 1) and
 backend, a table is measured for every width of the default space (one intra-op thread),
 then checked against the end-to-end latency of exported models at random configurations
 (interleaved rounds, medians). Reported: MAPE, the share within +-10%, the build time, and

@@ -468,7 +468,7 @@ def measure_table(net: Supernet, target: Target, *, samples: int = 20, rounds: i
         needed.setdefault(key, set()).update(width_pairs(cost.space, cost.layer_forms(r)))
     total = sum(len(p) for p in needed.values())
     say(f"{len(records)} layers, {len(shapes)} distinct shapes, {total} timings")
-    raw: list[tuple[str, tuple[int, int], float, float]] = []  # key, pair, time, its load
+    raw: list[tuple[str, tuple[int, int], float, int]] = []  # key, pair, time, load sample
     with _threads(target.threads):
         load = _Load(target.timer(net.export(cost.space.max()), _example(net, target.batch_size)))
         for key, pairs in needed.items():
@@ -477,7 +477,7 @@ def measure_table(net: Supernet, target: Target, *, samples: int = 20, rounds: i
                 if len(raw) % REFERENCE_EVERY == 0:
                     load.sample()
                 t = target.timer(shape.build(i, o), shape.example(i, target.batch_size))()
-                raw.append((key, (i, o), t, load.last))
+                raw.append((key, (i, o), t, len(load.samples) - 1))
             say(f"timed {len(raw)}/{total}")
         gen = torch.Generator().manual_seed(seed)
         checks = [cost.space.sample(gen) for _ in range(samples)]
@@ -488,7 +488,7 @@ def measure_table(net: Supernet, target: Target, *, samples: int = 20, rounds: i
     e2e = [t * typical for t in e2e]
     times: dict[str, dict[tuple[int, int], float]] = {key: {} for key in needed}
     for key, pair, t, at in raw:
-        times[key][pair] = t * typical / at
+        times[key][pair] = t * typical / load.local(at)
     table = LatencyTable(target.describe(), layers, shapes, times, 0.0, 0.0,
                          {g.name: list(g.choices) for g in cost.space.groups},
                          reference=typical)
@@ -501,6 +501,7 @@ def measure_table(net: Supernet, target: Target, *, samples: int = 20, rounds: i
 
 
 REFERENCE_EVERY = 10
+LOAD_WINDOW = 2  # reference samples on each side that make one local load
 
 
 class _Load:
@@ -510,13 +511,16 @@ class _Load:
         self.measure = measure
         self.samples: list[float] = []
 
-    def sample(self) -> float:
+    def sample(self) -> int:
+        """Time the reference now; returns the sample's index."""
         self.samples.append(self.measure())
-        return self.samples[-1]
+        return len(self.samples) - 1
 
-    @property
-    def last(self) -> float:
-        return self.samples[-1]
+    def local(self, index: int) -> float:
+        """The load around sample `index`: the median of it and its neighbours, so one
+        reference timing caught in a spike does not rescale the timings near it."""
+        lo = max(0, index - LOAD_WINDOW)
+        return statistics.median(self.samples[lo:index + LOAD_WINDOW + 1])
 
     def typical(self) -> float:
         return statistics.median(self.samples)
@@ -545,10 +549,15 @@ def end_to_end(net: Supernet, configs: Sequence[WidthConfig], target: Target, ro
     x = _example(net, target.batch_size)
     with _threads(target.threads):
         timers = [target.timer(net.export(c), x) for c in configs]
-        runs = []
+        runs, at = [], []
         for _ in range(rounds):
-            scale = 1.0 / load.sample() if load is not None else 1.0
-            runs.append([t() * scale for t in timers])
+            if load is not None:
+                at.append(load.sample())
+            runs.append([t() for t in timers])
+            if load is not None:
+                at.append(load.sample())
+    if load is not None:  # each round against the load before and after it
+        runs = [[t / load.local(i) for t in r] for r, i in zip(runs, at[::2], strict=True)]
     return [statistics.median(r[i] for r in runs) for i in range(len(configs))]
 
 
