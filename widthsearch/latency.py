@@ -608,6 +608,7 @@ def table_error(net: Supernet, table: LatencyTable, configs: Sequence[WidthConfi
     return {
         "samples": len(configs),
         "mape": float(np.mean(np.abs(rel))),
+        "median_ape": float(np.median(np.abs(rel))),  # robust to a config caught in a spike
         "within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
         "max_abs_error": float(np.max(np.abs(rel))),
         "mean_error": float(np.mean(rel)),
