@@ -100,20 +100,20 @@ class LayerShape:
 
 
 def layer_shape(record: LayerRecord, module: nn.Module) -> LayerShape:
-    """The shape key of one recorded layer call (`module` may be a dynamic layer)."""
-    layer = getattr(module, "template", module)
-    if isinstance(layer, nn.Linear):
-        return LayerShape("linear", layer.in_features, layer.out_features,
-                          tuple(record.inputs.shape[1:-1]), bias=layer.bias is not None)
-    if isinstance(layer, nn.Conv2d):
-        coupled = layer.groups > 1 and record.inputs.layout == record.output.layout
-        return LayerShape("conv2d", layer.in_channels, layer.out_channels,
-                          tuple(record.inputs.shape[2:]), tuple(layer.kernel_size),
-                          tuple(layer.stride), layer.padding if isinstance(layer.padding, str)
-                          else tuple(layer.padding), tuple(layer.dilation), layer.groups,
-                          coupled, layer.bias is not None, layer.padding_mode)
+    """The shape key of one recorded layer call. Sizes come from the record (full width):
+    a supernet's layer reports its active widths."""
+    if isinstance(module, nn.Linear):
+        return LayerShape("linear", record.inputs.shape[-1], record.output.shape[-1],
+                          tuple(record.inputs.shape[1:-1]), bias=module.bias is not None)
+    if isinstance(module, nn.Conv2d):
+        coupled = record.groups > 1 and record.inputs.layout == record.output.layout
+        padding = module.padding if isinstance(module.padding, str) else tuple(module.padding)
+        return LayerShape("conv2d", record.inputs.shape[1], record.output.shape[1],
+                          tuple(record.inputs.shape[2:]), tuple(module.kernel_size),
+                          tuple(module.stride), padding, tuple(module.dilation), record.groups,
+                          coupled, module.bias is not None, module.padding_mode)
     raise WidthSearchError(f"no latency model for layer {record.name!r} "
-                           f"({type(layer).__name__}); conv2d and linear layers are timed")
+                           f"({type(module).__name__}); conv2d and linear layers are timed")
 
 
 def width_pairs(space: WidthSpace, forms: tuple[tuple[np.ndarray, float], ...]
