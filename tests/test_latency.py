@@ -207,7 +207,8 @@ def test_the_table_predicts_exported_models_within_its_reported_error() -> None:
     """On fresh random configs, the error stays near the one the table reported (a shared
     machine is noisy: within twice the reported MAPE, or 15%)."""
     torch.manual_seed(0)
-    net = ws.Supernet(ws.models.get("resnet20"), torch.zeros(1, 1, 28, 28), divisions=4).eval()
+    shape = ws.models.default_input_size("resnet20")
+    net = ws.Supernet(ws.models.get("resnet20"), torch.zeros(1, *shape), divisions=4).eval()
     table = measure_table(net, Target(), samples=10)
     fresh = check_table(net, table, Target(), samples=10, seed=1)
     assert fresh["mape"] <= max(2 * table.error["mape"], 0.15)
