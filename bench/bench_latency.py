@@ -9,7 +9,7 @@ then checked against the end-to-end latency of exported models at random configu
 the same error with the rest of the forward as the plain constant (full-width end-to-end
 minus the layers) instead of the fitted constant + per-element term. The machine is shared
 by other jobs, so every timing is a median and a reference is timed throughout to scale
-the load out (see widthsearch/latency.py).
+the load out (see widthsearch/search/latency.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import widthsearch as ws
-from widthsearch.latency import LatencyTable, Target, measure_table, table_error
+from widthsearch.search.latency import LatencyTable, Target, measure_table, table_error
 
 
 def constant_only(net: ws.Supernet, table: LatencyTable) -> dict:

@@ -13,7 +13,7 @@ import torch.nn as nn
 import widthsearch as ws
 from widthsearch.cli import main
 from widthsearch.errors import WidthSearchError
-from widthsearch.latency import (
+from widthsearch.search.latency import (
     LatencyTable,
     Target,
     check_table,
@@ -218,7 +218,7 @@ def test_single_layer_onnx_models_compute_the_layer(tiny: ws.Supernet) -> None:
     """The one-node ONNX models timed for onnxruntime compute what the torch layer does."""
     import onnxruntime
 
-    from widthsearch.latency import _layer_onnx
+    from widthsearch.search.latency import _layer_onnx
 
     for record in tiny.cost_model.graph.layers:
         shape = layer_shape(record, tiny.model.get_submodule(record.name))

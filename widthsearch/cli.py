@@ -409,7 +409,7 @@ def _latency_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_latency_table(args: argparse.Namespace) -> int:
     import torch
 
-    from .latency import Target, measure_table
+    from .search.latency import Target, measure_table
 
     if args.samples < 0 or args.rounds < 1:
         raise WidthSearchError("--samples must be >= 0 and --rounds >= 1")

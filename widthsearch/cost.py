@@ -15,7 +15,7 @@ Every cost is a function of the groups' widths that discovery recorded at trace 
   model's outputs to the end), at fp32 and batch 1: what bounds a microcontroller's SRAM.
 Each is a sum of products of two affine forms in the width vector (or a max of affine forms),
 so a batch of configurations costs two matrix products. Every cost is a `Metric`; a latency
-lookup table (latency.py) attaches as one more with `attach_latency`.
+lookup table (search/latency.py) attaches as one more with `attach_latency`.
 """
 
 from __future__ import annotations

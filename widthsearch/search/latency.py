@@ -35,13 +35,13 @@ import torch
 import torch.nn as nn
 from torch.utils import benchmark
 
-from .cost import CostModel
-from .discovery import LayerRecord
-from .errors import WidthSearchError
-from .space import WidthConfig, WidthSpace
+from ..cost import CostModel
+from ..discovery import LayerRecord
+from ..errors import WidthSearchError
+from ..space import WidthConfig, WidthSpace
 
 if TYPE_CHECKING:
-    from .supernet import Supernet
+    from ..supernet import Supernet
 
 FORMAT = "widthsearch-latency-table/1"
 BACKENDS = ("torch", "onnxruntime")
