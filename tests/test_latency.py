@@ -230,3 +230,21 @@ def test_single_layer_onnx_models_compute_the_layer(tiny: ws.Supernet) -> None:
             expected = layer(x).numpy()
         np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], expected,
                                    rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_cli_on_a_trained_run_directory(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A run directory is read back with its own width space; the table fits its supernet."""
+    from test_trainer import make, tiny_config, write_tiny_fashion
+
+    from widthsearch.build import load_supernet
+
+    root = write_tiny_fashion(tmp_path_factory.mktemp("data") / "fashion-mnist")
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    make(tiny_config(root, optim={"epochs": 1}), run).fit()
+    out = run / "latency.json"
+    assert main(["latency-table", str(run), "--samples", "1", "--rounds", "1",
+                 "-o", str(out)]) == 0
+    net = load_supernet(run).net
+    net.cost_model.attach_latency(LatencyTable.load(out))
+    assert net.cost().latency > 0
