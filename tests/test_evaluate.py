@@ -216,7 +216,7 @@ _WORKER = """
 
 def _as_json(scores: list) -> list:
     return [[s.config.to_dict(), s.accuracy, s.loss, s.choice,
-             [[c, a, l] for c, a, l in s.per_choice]] for s in scores]
+             [[c, a, loss] for c, a, loss in s.per_choice]] for s in scores]
 
 
 def test_two_gloo_ranks_shard_and_equal_one_process(tmp_path) -> None:  # noqa: ANN001
