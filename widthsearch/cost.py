@@ -312,6 +312,7 @@ class CostModel:
         if metric.name != "latency":
             raise WidthSearchError(f"a latency table gave a metric named {metric.name!r}")
         self.add_metric(metric)
+        self.latency_table = table
         self.full = self.cost(self.space.max())
 
     def layer_forms(self, layer: LayerRecord) -> tuple[tuple[np.ndarray, float],
