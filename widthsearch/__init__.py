@@ -3,14 +3,17 @@
 __version__ = "0.1.0"
 
 from . import models, patterns  # noqa: E402
+from .build import LoadedRun, load_supernet  # noqa: E402
 from .cost import Cost, CostModel  # noqa: E402
+from .discovery import discover, register_rule  # noqa: E402
 from .errors import WidthSearchError  # noqa: E402
+from .evaluate import Evaluator, Score  # noqa: E402
 from .export import load, save, to_onnx  # noqa: E402
-from .graph import discover, register_rule  # noqa: E402
 from .space import ChannelGroup, WidthConfig, WidthSpace  # noqa: E402
 from .supernet import Supernet  # noqa: E402
 
 __all__ = [
-    "ChannelGroup", "Cost", "CostModel", "Supernet", "WidthConfig", "WidthSearchError",
-    "WidthSpace", "discover", "load", "models", "patterns", "register_rule", "save", "to_onnx",
+    "ChannelGroup", "Cost", "CostModel", "Evaluator", "LoadedRun", "Score", "Supernet",
+    "WidthConfig", "WidthSearchError", "WidthSpace", "discover", "load", "load_supernet",
+    "models", "patterns", "register_rule", "save", "to_onnx",
 ]
