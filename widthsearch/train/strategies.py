@@ -382,6 +382,7 @@ class BCNet(Strategy):
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (Sandwich, CafeNet, BCNet, Uniform)
 }
+from . import joslim as _joslim  # noqa: E402,F401  (registers joslim, slim, two-stage)
 
 
 def build_strategy(name: str, **options: Any) -> Strategy:
