@@ -229,6 +229,9 @@ class Joslim(_HistoryStrategy):
         if self.steps % self.tau and self.current:
             return
         assert self.proposer is not None
+        if self._val is None:
+            raise WidthSearchError("the joslim strategy re-scores widths on val batches: "
+                                   "call strategy.attach(total_steps=..., val=loader) first")
         history = list(dict.fromkeys([*self.proposer.history, *self.current]))
         if history:
             x, y = self._val_batch(net)
@@ -241,9 +244,6 @@ class Joslim(_HistoryStrategy):
     def _val_batch(self, net: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch (updates * world + rank) of the val loader: fresh at every update, and a
         different one on every rank (their losses are averaged)."""
-        if self._val is None:
-            raise WidthSearchError("the joslim strategy re-scores widths on val batches: "
-                                   "call strategy.attach(total_steps=..., val=loader) first")
         count = len(self._val)
         if count == 0:
             raise WidthSearchError("the joslim strategy needs a non-empty val split")
