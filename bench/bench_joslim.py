@@ -72,7 +72,7 @@ def main() -> None:
     proposer.full_done = True
     proposer.tell(encoder.configs(widths), synthetic_loss(encoder.ratios(widths), importance, rng))
 
-    times, fit_times = [], []
+    times = []
     for r in range(args.rounds):
         start = time.perf_counter()
         configs = proposer.ask(2)

@@ -17,7 +17,7 @@ a random augmented-Tchebyshev scalarization against the exact cost, and a bisect
 scalarization weight until the proposal's cost hits a random target level.
 
 Speed (1,000 history points, 30 groups, one proposal round <= 2 s on a small CPU):
-- the GP is fitted on at most `max_points` history points (default 256): the best Pareto
+- the GP is fitted on at most `max_points` history points (default 200): the best Pareto
   fronts of (loss, cost) first (peeled until half the budget is used), then the newest
   points, then a random draw of the rest; standardization uses the whole history;
 - its hyper-parameters are warm-started from the previous fit and refitted with at most
@@ -332,8 +332,8 @@ class JoslimProposer(WidthOptimizer):
 
     def __init__(self, encoder: WidthEncoder, cost_fn: CostFn, *, prior_points: int = 20,
                  b: float = -3.0, beta: float = 0.1, levels: int = 50, tolerance: float = 0.02,
-                 rounds: int = 10, max_points: int = 256, pool: int = 2048,
-                 warm_iters: int = 25, cold_iters: int = 150, seed: int = 0) -> None:
+                 rounds: int = 10, max_points: int = 200, pool: int = 2048,
+                 warm_iters: int = 20, cold_iters: int = 150, seed: int = 0) -> None:
         super().__init__(encoder, cost_fn, seed)
         if encoder.num_dims == 0:
             raise WidthSearchError("the width space has no group to search")
