@@ -63,8 +63,13 @@ def test_registered_with_validated_options() -> None:
     assert isinstance(build_strategy("joslim"), Joslim)
     assert isinstance(build_strategy("slim"), Slim)
     assert isinstance(build_strategy("two-stage"), TwoStage)
-    with pytest.raises(WidthSearchError, match="cost must be one of"):
-        build_strategy("joslim", cost="flops")
+    with pytest.raises(WidthSearchError, match="cost must name a cost"):
+        build_strategy("joslim", cost=3)
+    unknown = build_strategy("joslim", cost="flops")
+    with pytest.raises(WidthSearchError, match="unknown cost 'flops'|'flops'"):
+        unknown.step(small_net().train(), torch.randn(2, 1, 28, 28), torch.tensor([0, 1]),
+                     loss_fn=torch.nn.functional.cross_entropy,
+                     generator=torch.Generator().manual_seed(0))
     with pytest.raises(WidthSearchError, match="lo must be"):
         build_strategy("slim", lo=0)
     with pytest.raises(WidthSearchError, match="unknown option"):

@@ -191,7 +191,8 @@ def build_slimmable(net: Supernet, candidates: Iterable[Mapping[str, int]], *,
     if not batches:
         raise WidthSearchError("the val split gave no batch to score the candidates on")
     losses = sum(rescore(net, configs, x, y) for x, y in batches) / len(batches)
-    costs = np.array([net.cost(c).get(metric) for c in configs], dtype=np.float64)
+    widths = np.stack([net.space.to_vector(c) for c in configs])
+    costs = net.cost_model.evaluate(widths, metric).astype(np.float64)
     chosen = peel(losses.cpu().numpy(), costs, min_fronts=min_fronts)
 
     snapshot = bn_state(net)
@@ -207,9 +208,7 @@ def build_slimmable(net: Supernet, candidates: Iterable[Mapping[str, int]], *,
             recalibrate_bn(net, cfg, None, recal, len(recal))
             stats = bn_state(net)
             m = evaluate(net, cfg, None, val_loader, max_batches=val_batches, restore_bn=False)
-            c = net.cost(cfg)
-            level = Level(cfg, {"macs": float(c.macs), "params": float(c.params),
-                                "memory": float(c.memory)},
+            level = Level(cfg, _costs(net, cfg, metric),
                           {"accuracy": m["accuracy"], "loss": m["loss"]})
             scored.append((level, stats))
     finally:
@@ -219,11 +218,20 @@ def build_slimmable(net: Supernet, candidates: Iterable[Mapping[str, int]], *,
     points = np.array([[1.0 - lv.val["accuracy"], lv.costs[metric]] for lv, _ in scored])
     keep = [scored[i] for i in np.flatnonzero(pareto_front(points))]
     keep.sort(key=lambda item: (item[0].costs[metric], -item[0].val["accuracy"]))
-    full = net.cost(net.space.max())
     info = {"metric": metric, "candidates": len(configs), "peeled": len(chosen),
-            "full_costs": {"macs": full.macs, "params": full.params, "memory": full.memory},
+            "full_costs": _costs(net, net.space.max(), metric),
             **dict(meta or {})}
     return SlimmableNet(net, [lv for lv, _ in keep], [s for _, s in keep], info)
+
+
+def _costs(net: Supernet, config: WidthConfig, metric: str) -> dict[str, float]:
+    """MACs, params, memory and the run's own cost metric (e.g. latency) of one config."""
+    c = net.cost(config)
+    out = {"macs": float(c.macs), "params": float(c.params), "memory": float(c.memory)}
+    if metric not in out:
+        w = net.space.to_vector(config)[None, :]
+        out[metric] = float(net.cost_model.evaluate(w, metric)[0])
+    return out
 
 
 def make_slimmable(run_dir: str | Path, *, score_batches: int = 1, recal_batches: int = 20,
@@ -349,8 +357,8 @@ def add_arguments(p: Any) -> None:
     """Options of `widthsearch slimmable RUN_DIR`."""
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained run directory")
     p.add_argument("--out", type=Path, help="the slimmable file (default: RUN_DIR/slimmable.safetensors)")
-    p.add_argument("--metric", choices=("macs", "params", "memory"),
-                   help="the cost the levels trade against (default: the run's cost option, or macs)")
+    p.add_argument("--metric", help="the cost the levels trade against: macs, params, memory "
+                   "or another cost of the cost model (default: the run's cost option, or macs)")
     p.add_argument("--score-batches", type=int, default=1,
                    help="val batches each candidate is scored on before peeling (default 1)")
     p.add_argument("--recal-batches", type=int, default=20,

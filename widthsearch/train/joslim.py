@@ -111,9 +111,10 @@ class _HistoryStrategy(Strategy):
         self.widths_total = _check_int("widths_total", o["widths_total"], 1)
         self.tau_min = _check_int("tau_min", o["tau_min"], 1)
         self.lo = _check_lo(o["lo"])
-        if o["cost"] not in COST_METRICS:
-            raise WidthSearchError(f"option cost must be one of {', '.join(COST_METRICS)}, "
-                                   f"got {o['cost']!r}")
+        if not isinstance(o["cost"], str) or not o["cost"]:
+            raise WidthSearchError(f"option cost must name a cost of the cost model "
+                                   f"({', '.join(COST_METRICS)}, or latency once a table is "
+                                   f"attached), got {o['cost']!r}")
         self.cost_metric = str(o["cost"])
         self.keep_last_full = _check_bool("keep_last_full", o["keep_last_full"])
         self.distill = _check_bool("distill", o["distill"])
@@ -141,6 +142,11 @@ class _HistoryStrategy(Strategy):
         keep = classifier_inputs(supernet) if self.keep_last_full else []
         self.encoder = WidthEncoder(supernet.space, self.lo, keep)
         model, metric = supernet.cost_model, self.cost_metric
+        try:  # an unknown cost fails here, before any training
+            model.evaluate(self.encoder.full()[None, :], metric)
+        except KeyError:
+            raise WidthSearchError(f"unknown cost {metric!r}; known: "
+                                   f"{', '.join(COST_METRICS)}") from None
         self.proposer = self._make_proposer(self.encoder,
                                             lambda w: model.evaluate(w, metric))
         if self._pending_state is not None:
