@@ -154,10 +154,11 @@ def test_slim_trains_one_multiplier_and_two_stage_per_group_widths() -> None:
 
 def test_killed_joslim_run_resumes_exactly(data_root: Path, tmp_path: Path) -> None:
     config = joslim_config(data_root)
+    config["optim"]["epochs"] = 1  # 4 steps, updates at steps 0 and 2
     whole = make(config, tmp_path / "whole")
     whole.fit()
     part = make(config, tmp_path / "part")
-    part.fit(max_steps=5)  # stops mid-epoch (4 steps per epoch) between two updates
+    part.fit(max_steps=3)  # stops mid-epoch, between two updates
     del part
     resumed = Trainer.resume(tmp_path / "part", console=whole.console, progress=False)
     resumed.fit()
