@@ -176,8 +176,84 @@ def test_bad_arguments_raise() -> None:
         Evaluator(net, recal, val, max_choices=0)
     with pytest.raises(WidthSearchError, match="recal_loader"):
         Evaluator(net, None, val, recal_batches=2)
+    with pytest.raises(WidthSearchError, match="must not see the val"):
+        Evaluator(net, val, val)
+    from widthsearch.data import TensorLoader
+
+    augmented = TensorLoader(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(4), 2,
+                             augment=True)
+    with pytest.raises(WidthSearchError, match="augments"):
+        Evaluator(net, augmented, val)
     with pytest.raises(WidthSearchError, match="empty val"):
         Evaluator(net, recal, [], recal_batches=1)
     with pytest.raises(WidthSearchError, match="not allowed"):
         Evaluator(net, recal, val)({next(iter(net.space.names)): 10_000})
     assert Evaluator(net, None, val, recal_batches=0)(net.space.max()).accuracy >= 0
+
+
+# ------------------------------------------------------------------------------ distributed
+
+_WORKER = """
+    import json, os, sys
+    import torch
+    import torch.distributed as dist
+    sys.path.insert(0, sys.argv[2])
+    from test_evaluate import configs, loaders, tiny
+    from widthsearch.evaluate import Evaluator
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    out = []
+    for pattern in ("cafenet", "bcnet"):
+        net = tiny(pattern)
+        recal, val = loaders()
+        ev = Evaluator(net, recal, val, recal_batches=2, seed=4)
+        cfgs = configs(net, 5)
+        first = ev.evaluate(cfgs[:2])         # then a call mixing cached and new configs
+        scores = ev.evaluate(cfgs[::-1] + cfgs[:1])
+        mine = ev.evaluated
+        out.append({"pattern": pattern, "evaluated": mine,
+                    "scores": [[s.config.to_dict(), s.accuracy, s.loss, s.choice,
+                                [list(p) for p in s.per_choice]] for s in first + scores]})
+    with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
+        json.dump(out, f)
+    dist.destroy_process_group()
+"""
+
+
+def _as_json(scores: list) -> list:
+    return [[s.config.to_dict(), s.accuracy, s.loss, s.choice,
+             [list(p) for p in s.per_choice]] for s in scores]
+
+
+def test_two_gloo_ranks_shard_and_equal_one_process(tmp_path) -> None:  # noqa: ANN001
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed beside python")
+    worker = tmp_path / "worker.py"
+    worker.write_text(textwrap.dedent(_WORKER))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(worker), str(tmp_path),
+           str(Path(__file__).parent)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == [{**p, "evaluated": ranks[0][i]["evaluated"]} for i, p in enumerate(ranks[1])]
+    for i, pattern in enumerate(("cafenet", "bcnet")):
+        net = tiny(pattern)
+        recal, val = loaders()
+        ev = Evaluator(net, recal, val, recal_batches=2, seed=4)
+        cfgs = configs(net, 5)
+        alone = ev.evaluate(cfgs[:2]) + ev.evaluate(cfgs[::-1] + cfgs[:1])
+        assert json.loads(json.dumps(_as_json(alone))) == ranks[0][i]["scores"], pattern
+        # each rank scored a disjoint shard: together exactly what one process scored
+        assert ranks[0][i]["evaluated"] + ranks[1][i]["evaluated"] == ev.evaluated
+        assert 0 < ranks[1][i]["evaluated"] < ev.evaluated

@@ -336,6 +336,64 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     return main_args(args)
 
 
+# ------------------------------------------------------------------------------ finetune, retrain
+
+
+def _finish_arguments(mode: str) -> Callable[[argparse.ArgumentParser], None]:
+    example = f"""examples:
+  widthsearch {mode} runs/cafenet --pick 0            # the first config of search/chosen.json
+  widthsearch {mode} runs/cafenet --config widths.json --name mine
+  widthsearch {mode} runs/cafenet --pick 1 --set optim.epochs=3 optim.lr=0.02
+  widthsearch {mode} runs/cafenet --pick 0            # again: resumes, or prints the result
+
+widths.json holds {{"group": width, ...}} or {{"config": {{...}}, "choice": {{...}}}}. The run
+goes to RUN_DIR/{mode}/NAME (default pick-K or the file's name); the TEST split is measured
+once, when training ends; the model is exported to exports/model.safetensors/.json/.onnx."""
+
+    def arguments(p: argparse.ArgumentParser) -> None:
+        p.formatter_class = argparse.RawDescriptionHelpFormatter
+        p.epilog = example
+        p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained supernet run")
+        which = p.add_mutually_exclusive_group(required=True)
+        which.add_argument("--pick", type=int, metavar="K",
+                           help="entry K of RUN_DIR/search/chosen.json (0 = the first)")
+        which.add_argument("--config", type=Path, metavar="JSON", help="a width config file")
+        p.add_argument("--name", help="sub-run name (default: pick-K or the file's stem)")
+        p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+",
+                       action="extend", default=[],
+                       help="override the sub-run's config, e.g. optim.epochs=3")
+        p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    return arguments
+
+
+def _finish(args: argparse.Namespace, mode: str) -> int:
+    from .finish import describe, finish
+    from .train.distributed import cleanup
+
+    try:
+        result = finish(args.run_dir, mode, pick=args.pick, config_file=args.config,  # type: ignore[arg-type]
+                        name=args.name, overrides=args.overrides,
+                        progress=False if args.no_progress else None)
+        if result:
+            print(describe(result))
+        return 0
+    finally:
+        cleanup()
+
+
+@command("finetune", "Fine-tune a searched width from the supernet's weights, test it once "
+         "and export it.", _finish_arguments("finetune"))
+def cmd_finetune(args: argparse.Namespace) -> int:
+    return _finish(args, "finetune")
+
+
+@command("retrain", "Retrain a searched width from scratch, test it once and export it.",
+         _finish_arguments("retrain"))
+def cmd_retrain(args: argparse.Namespace) -> int:
+    return _finish(args, "retrain")
+
+
 def _compact(values: Sequence[int]) -> str:
     if len(values) <= 6:
         return ", ".join(map(str, values))

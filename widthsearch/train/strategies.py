@@ -218,11 +218,12 @@ class Sandwich(Strategy):
         return metrics
 
 
-class Uniform(Strategy):
+class SinglePath(Strategy):
     """Single path: one random width per step (per-group sampling, or one ratio with
-    `uniform`); `random_choice` also draws a random pattern assignment."""
+    `uniform`); `random_choice` also draws a random pattern assignment. (Not the uniform
+    width-multiplier baseline of the papers: that is a plain model trained at one width.)"""
 
-    name = "uniform"
+    name = "single-path"
     defaults: ClassVar[dict[str, Any]] = {"uniform": False, "min_ratio": None,
                                           "random_choice": False}
 
@@ -238,6 +239,22 @@ class Uniform(Strategy):
         return {"loss": float(loss)}
 
 
+class ForwardRng:
+    """The global RNG state (CPU, and the CUDA device's when the data is there) captured
+    once, to replay before each of several forwards: dropout masks, stochastic depth and
+    any other forward randomness are then the same in every one of them."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device if device.type == "cuda" else None
+        self.cpu_state = torch.get_rng_state()
+        self.cuda_state = torch.cuda.get_rng_state(self.cuda) if self.cuda is not None else None
+
+    def replay(self) -> None:
+        torch.set_rng_state(self.cpu_state)
+        if self.cuda is not None and self.cuda_state is not None:
+            torch.cuda.set_rng_state(self.cuda_state, self.cuda)
+
+
 class CafeNet(Strategy):
     """CafeNet min-min training (locally free pattern).
 
@@ -245,7 +262,10 @@ class CafeNet(Strategy):
     K candidate assignments of its free channels without gradients (the leftmost one, choice
     None, is always candidate 0; the others come from `net.sample_choice`; duplicates are
     dropped); average their losses across ranks with `reduce_mean` (called once, on the
-    stacked candidate losses); backpropagate only the lowest (ties: the earliest). The loss
+    stacked candidate losses); backpropagate only the lowest (ties: the earliest). The
+    global RNG state is captured once and replayed before every candidate and before the
+    trained pass, so all of them see the same dropout masks: the loss compared is the loss
+    backpropagated. The loss
     compared is the loss trained: the distillation loss with `distill`, else the label loss.
     Candidate forwards run in train mode (batch statistics, like the trained forward) and
     leave the BN running statistics untouched.
@@ -296,15 +316,18 @@ class CafeNet(Strategy):
                 candidates.append(pick)
 
         snapshot = bn_state(supernet)
+        rng = ForwardRng(x.device)  # every candidate and the trained pass: the same masks
         losses = []
         with torch.no_grad():
             for pick in candidates:
+                rng.replay()
                 supernet.activate(cfg, pick)
                 losses.append(self._objective(net(x), y, loss_fn, teacher).detach())
         load_bn_state(supernet, snapshot)  # candidates must not move the running statistics
         reduced = reduce_mean(torch.stack(losses).float())
         winner = int(torch.argmin(reduced))
 
+        rng.replay()
         loss_min, _ = self._train(net, supernet, cfg, candidates[winner], x, y, loss_fn,
                                   teacher=teacher, temperature=self.temperature)
         self.last_config = cfg
@@ -317,22 +340,47 @@ class CafeNet(Strategy):
 
 
 def complementary(space: WidthSpace, config: Mapping[str, int]) -> WidthConfig:
-    """Per group n - c snapped to the nearest allowed width (ties: the wider)."""
+    """Per group n - c (the full width's complement is the full width), snapped to the
+    nearest allowed width (ties: the wider) when n - c is not allowed."""
     out = {}
     for g in space.groups:
-        target = g.size - config[g.name]
+        c = config[g.name]
+        target = g.size if c >= g.size else g.size - c
         out[g.name] = min(g.choices, key=lambda w, t=target: (abs(w - t), -w))
     return WidthConfig(out)
+
+
+def balanced_space(space: WidthSpace, include_full: bool) -> WidthSpace:
+    """The widths c of each group whose complement n - c is allowed too (plus n itself with
+    `include_full`: the full width uses every channel, so it stays balanced on its own).
+
+    A bilateral pair at c uses channel i once if i < c and once if i >= n - c; with the pair
+    at n - c the two steps use every channel exactly twice of four passes. Training only such
+    pairs keeps every channel's usage at exactly 0.5; a width whose complement is not allowed
+    (above n minus the smallest width) would leave the middle channels under-trained. A group
+    with no such width keeps all its widths (its complements are then snapped).
+    """
+    choices = {}
+    for g in space.searchable:
+        allowed = set(g.choices)
+        keep = [w for w in g.choices if w < g.size and g.size - w in allowed]
+        if include_full:
+            keep.append(g.size)
+        if keep:
+            choices[g.name] = keep
+    return space.with_choices(choices)
 
 
 class BCNet(Strategy):
     """BCNet bilateral training (bilateral pattern).
 
     Per step a width config c is trained with its left channels (choice 0) and its right
-    channels (choice 1), loss 0.5 each, so every channel is trained equally often; the next
-    step trains the complementary config (per group n - c, snapped to an allowed width),
-    then a fresh random one, and so on. With `max_width_step` the max width is trained too
-    (and with `distill` the bilateral pair learns from its logits).
+    channels (choice 1), loss 0.5 each; the next step trains the complementary config (per
+    group n - c), then a fresh random one, and so on. c is drawn from `balanced_space`, so
+    every complement is exact and every channel is trained equally often (usage 0.5 per
+    bilateral pass). With `max_width_step` the max width is trained too (and with `distill`
+    the bilateral pair learns from its logits); without it the full width is one of the
+    widths a pair may take.
     """
 
     name = "bcnet"
@@ -348,6 +396,12 @@ class BCNet(Strategy):
         if self.distill and not self.max_width_step:
             raise WidthSearchError("bcnet: distill needs max_width_step (the max width teaches)")
         self.pending: WidthConfig | None = None
+        self._balanced: tuple[WidthSpace, WidthSpace] | None = None
+
+    def _pair_space(self, space: WidthSpace) -> WidthSpace:
+        if self._balanced is None or self._balanced[0] is not space:
+            self._balanced = (space, balanced_space(space, not self.max_width_step))
+        return self._balanced[1]
 
     def _step(self, net, supernet, x, y, loss_fn, generator, reduce_mean):  # type: ignore[no-untyped-def]
         space = supernet.space
@@ -359,8 +413,9 @@ class BCNet(Strategy):
         if self.pending is not None:
             cfg, self.pending = space.validate(self.pending), None
         else:
-            cfg = _sample(space, generator, self.uniform, self.min_ratio)
-            self.pending = complementary(space, cfg)
+            pairs = self._pair_space(space)
+            cfg = space.validate(_sample(pairs, generator, self.uniform, self.min_ratio))
+            self.pending = complementary(pairs, cfg)
         opts = {"teacher": teacher, "weight": 0.5, "temperature": self.temperature}
         left, _ = self._train(net, supernet, cfg, 0, x, y, loss_fn, **opts)
         right, _ = self._train(net, supernet, cfg, 1, x, y, loss_fn, **opts)
@@ -380,13 +435,20 @@ class BCNet(Strategy):
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Sandwich, CafeNet, BCNet, Uniform)
+    cls.name: cls for cls in (Sandwich, CafeNet, BCNet, SinglePath)
 }
+RENAMED = {"uniform": "single-path"}
+"""Old strategy names -> their new names (an old name is an error that says the new one)."""
 from . import joslim as _joslim  # noqa: E402,F401  (registers joslim, slim, two-stage)
 
 
 def build_strategy(name: str, **options: Any) -> Strategy:
     """The strategy registered as `name` with `options` (unknown names / options raise)."""
+    if name in RENAMED:
+        raise WidthSearchError(
+            f"the strategy {name!r} is now called {RENAMED[name]!r} (it trains one random "
+            f"width per step, not the uniform width multiplier); use strategy.name="
+            f"{RENAMED[name]}")
     try:
         cls = STRATEGIES[name]
     except KeyError:

@@ -10,9 +10,11 @@ The research logic (which widths a step trains, with which losses) lives in a St
     per log step:   a "train" record in metrics.jsonl (and TensorBoard if installed)
     every N steps:  an atomic checkpoint (model, optimizer, scheduler, strategy, RNGs,
                     data position) that loads with torch.load(weights_only=True)
-    per epoch:      val loss / accuracy at the max, middle and min widths after BN
-                    recalibration (BN buffers restored afterwards), an "epoch" record
-                    and a checkpoint
+    per epoch:      val loss / accuracy at the max, middle and min widths, scored as
+                    search scores them (`evaluate.Evaluator`: BN recalibration on clean
+                    training images, per-pattern assignments; BN buffers restored
+                    afterwards; the configs sharded over ranks), an "epoch" record and
+                    a checkpoint
 
 A run killed at any point resumes from its newest checkpoint with `Trainer.resume(run_dir)`
 and ends with exactly the weights of an uninterrupted run (DESIGN invariant 5). Ctrl-C (or
