@@ -486,6 +486,28 @@ class RunDir:
             )
         return config
 
+    # final weights
+    def save_supernet_weights(self, state: dict[str, torch.Tensor], step: int) -> Path | None:
+        """Write supernet.safetensors atomically, its tensors' sha256 in its metadata."""
+        if not self.is_writer:
+            return None
+        from widthsearch.safeio import save_safetensors_verified
+
+        try:
+            return save_safetensors_verified(self.supernet_path, state, {"step": str(step)})
+        except OSError as e:
+            raise CheckpointError(f"cannot write {self.supernet_path}: {e.strerror or e}; "
+                                  "the checkpoints are intact") from None
+
+    def load_supernet_weights(self) -> dict[str, torch.Tensor]:
+        """The tensors of supernet.safetensors after verifying their checksum."""
+        from widthsearch.safeio import load_safetensors_verified
+
+        if not self.supernet_path.is_file():
+            raise RunError(f"{self.path} has no {SUPERNET_FILE}: the run has not finished "
+                           f"(resume it with widthsearch train --resume {self.path})")
+        return load_safetensors_verified(self.supernet_path)[0]
+
     # checkpoints
     def checkpoint_path(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:09d}.pt"
