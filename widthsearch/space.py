@@ -69,6 +69,14 @@ def _compact(values: Sequence[int]) -> str:
     return f"{values[0]}, {values[1]}, ..., {values[-2]}, {values[-1]} ({len(values)} widths)"
 
 
+def _is_integral(value: object) -> bool:
+    """Whole numbers only: 16.5 is refused rather than cut to 16."""
+    try:
+        return float(value) == int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 def default_choices(size: int, *, min_ratio: float, step: int) -> tuple[int, ...]:
     """Multiples of `step` from `min_ratio * size` up to `size`; `size` itself always allowed."""
     if not 0.0 < min_ratio <= 1.0:
@@ -205,6 +213,9 @@ class WidthSpace:
         """The config as a WidthConfig; missing groups default to full width."""
         for name, width in config.items():
             group = self[name]
+            if isinstance(width, bool) or not _is_integral(width):
+                raise WidthSearchError(f"width {width!r} for group {name!r} is not a whole "
+                                       f"number of channels; allowed: {_compact(group.choices)}")
             if int(width) not in group.choices:
                 raise WidthSearchError(
                     f"width {width} is not allowed for group {name!r} "
