@@ -145,9 +145,9 @@ def short_runs(subset: int, epochs: int, model: str, strategies: list[str]) -> l
 def _cut_every_chunk_by_position() -> None:
     """The variant docs/architecture.md measures the rule against: discovery cuts every
     equal `chunk` by position, even where an exact cut exists."""
-    from widthsearch import graph
+    from widthsearch.discovery.ops import splits
 
-    exact_first = graph._exact_or_positional_cut
+    exact_first = splits._exact_or_positional_cut
 
     def by_position(b, lay, sizes, *, by_position):  # type: ignore[no-untyped-def]
         if by_position and lay.inner == 1 and len(set(sizes)) == 1:
@@ -156,7 +156,7 @@ def _cut_every_chunk_by_position() -> None:
                 return cut
         return exact_first(b, lay, sizes, by_position=by_position)
 
-    graph._exact_or_positional_cut = by_position
+    splits._exact_or_positional_cut = by_position
 
 
 def _timings(results: dict, steps: int, batch: int) -> None:

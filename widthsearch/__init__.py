@@ -2,19 +2,16 @@
 
 __version__ = "0.1.0"
 
-try:
-    from . import models, patterns  # noqa: E402
-    from .cost import Cost, CostModel  # noqa: E402
-    from .errors import WidthSearchError  # noqa: E402
-    from .export import load, save, to_onnx  # noqa: E402
-    from .graph import discover, register_rule  # noqa: E402
-    from .space import ChannelGroup, WidthConfig, WidthSpace  # noqa: E402
-    from .supernet import Supernet  # noqa: E402
-except KeyboardInterrupt:  # Ctrl-C while the command line starts: one line, not a traceback
-    from ._startup import interrupted_while_starting
+from ._startup import quiet_interrupt_while_starting  # noqa: E402
 
-    interrupted_while_starting()
-    raise
+quiet_interrupt_while_starting()  # the command line: Ctrl-C during imports is one line
+from . import models, patterns  # noqa: E402
+from .cost import Cost, CostModel  # noqa: E402
+from .discovery import discover, register_rule  # noqa: E402
+from .errors import WidthSearchError  # noqa: E402
+from .export import load, save, to_onnx  # noqa: E402
+from .space import ChannelGroup, WidthConfig, WidthSpace  # noqa: E402
+from .supernet import Supernet  # noqa: E402
 
 __all__ = [
     "ChannelGroup", "Cost", "CostModel", "Supernet", "WidthConfig", "WidthSearchError",

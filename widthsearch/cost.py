@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch.nn as nn
 
-from .graph import ChannelGraph, GroupLayout, Mix, Part, TensorInfo
+from .discovery import ChannelGraph, GroupLayout, Mix, Part, TensorInfo
 from .space import WidthSpace
 
 BYTES_PER_ELEMENT = 4

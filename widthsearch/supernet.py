@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 
 from .cost import Cost, CostModel
+from .discovery import ChannelGraph, GroupLayout, Mix, Part, RuleTable, counted_attention, discover
 from .dynamic import DynamicModule, DynamicParameter, make_dynamic, unslice
 from .errors import WidthSearchError
-from .graph import ChannelGraph, GroupLayout, Mix, Part, RuleTable, counted_attention, discover
 from .patterns import Pattern, Selection, as_selection, get_pattern, selection_tensor
 from .space import ChannelGroup, WidthConfig, WidthSpace, default_choices, default_step
 
@@ -51,7 +51,7 @@ class Supernet(nn.Module):
         min_ratio: the smallest allowed width as a fraction of each group.
         divisions: a group's width step is about size / divisions channels.
         choices: per-group allowed widths that replace the defaults.
-        rules: a rule table for discovery (defaults to `graph.RULES`).
+        rules: a rule table for discovery (defaults to `discovery.RULES`).
         verify: run the example input at random widths and fix groups that do not run.
     """
 
@@ -401,7 +401,7 @@ def _device_of(model: nn.Module) -> torch.device:
 def macs_of(module: nn.Module, example_input: torch.Tensor) -> int:
     """MACs of one forward at batch 1 as torch's FlopCounterMode counts them (FLOPs / 2).
 
-    Attention runs unfused (`graph.counted_attention`): FlopCounterMode cannot see the fused
+    Attention runs unfused (`discovery.counted_attention`): FlopCounterMode cannot see the fused
     nn.MultiheadAttention inference kernel."""
     from torch.utils.flop_counter import FlopCounterMode
 
