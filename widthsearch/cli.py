@@ -66,10 +66,17 @@ def command(name: str, help: str,
     return register
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too (the usage is one --help away)."""
+
+    def error(self, message: str) -> Any:  # argparse's hook; never returns
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="widthsearch",
         description="Find how many channels each layer of a CNN should keep under a budget.")
     parser.add_argument("--version", action="version", version=f"widthsearch {__version__}")

@@ -267,8 +267,11 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
                           "(their checksums differ)")
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise ExportError(f"{weights} does not fit the rebuilt model: {err}") from None
+    except RuntimeError as err:  # shape mismatches: torch lists each on its own line
+        details = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        more = f" (and {len(details) - 2} more)" if len(details) > 2 else ""
+        raise ExportError(f"{weights} does not fit the rebuilt model: "
+                          + "; ".join(details[:2] or [str(err)]) + more) from None
     if missing or unexpected:
         raise ExportError(
             f"{weights} does not fit the rebuilt model (missing {missing[:3]}, "

@@ -8,6 +8,7 @@ allowed width to every group; it is immutable so it can be hashed, cached and lo
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -71,9 +72,11 @@ def _compact(values: Sequence[int]) -> str:
 
 def _is_integral(value: object) -> bool:
     """Whole numbers only: 16.5 is refused rather than cut to 16."""
+    if not isinstance(value, numbers.Real):  # "16" is not a width, 16 and np.int64(16) are
+        return False
     try:
-        return float(value) == int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
+        return float(value) == int(value)
+    except (ValueError, OverflowError):
         return False
 
 
