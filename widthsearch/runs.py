@@ -477,7 +477,12 @@ class RunDir:
         except FileNotFoundError:
             raise WidthSearchError(f"{self.config_path} does not exist") from None
         except yaml.YAMLError as e:
-            raise WidthSearchError(f"{self.config_path} is not valid YAML: {e}") from e
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(e, "problem", None) or type(e).__name__
+            raise RunError(f"{self.config_path} is not valid YAML{where}: {problem}") from None
+        except UnicodeDecodeError:
+            raise RunError(f"{self.config_path} is not UTF-8 text") from None
         if config is None:
             return {}
         if not isinstance(config, dict):

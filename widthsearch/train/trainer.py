@@ -553,8 +553,6 @@ class Trainer:
         self.val = {k: dict(v) for k, v in state.get("val", {}).items()}
         self._epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
         self._train_losses = [float(v) for v in state.get("train_losses", [])]
-        if self.run is not None:
-            self.run.metrics.truncate_after(self.step)
         restore_rng_state(state["rng"])
 
     def save_checkpoint(self) -> Path | None:
