@@ -902,3 +902,10 @@ def test_bad_input_gives_one_clear_line(workspace: Workspace, case: Case) -> Non
 
     assert re.search(case.match, outcome.message), outcome.message
     assert "weights_only=False" not in outcome.message
+
+
+def test_no_message_suggests_unsafe_loading() -> None:
+    package = Path(ws.__file__).parent
+    offenders = [str(p.relative_to(package)) for p in package.rglob("*.py")
+                 if "weights_only=False" in p.read_text(encoding="utf-8")]
+    assert offenders == []

@@ -100,7 +100,7 @@ def save(module: nn.Module, path: str | Path, *, metadata: dict[str, Any] | None
         "format": FORMAT,
         "widthsearch_version": __version__,
         "model": spec.get("name"),
-        "model_kwargs": spec.get("kwargs", {}),
+        "model_kwargs": _without_files(spec.get("kwargs", {})),
         "width_config": spec.get("width_config"),
         "choice": spec.get("choice", {}),
         "shapes": spec.get("shapes", {}),
@@ -155,13 +155,24 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     return out
 
 
+def _is_file_argument(key: str, value: Any) -> bool:
+    return isinstance(value, str) and any(h in key.lower() for h in _PATH_HINTS)
+
+
+def _without_files(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments without the files they loaded (pretrained_path): the saved
+    weights replace whatever those files held, and a sidecar that names no file cannot be
+    turned into a way to read one."""
+    return {k: None if _is_file_argument(k, v) else v for k, v in kwargs.items()}
+
+
 def _confine_paths(kwargs: dict[str, Any], sidecar: Path) -> dict[str, Any]:
     """Resolve constructor arguments that name files inside the export's folder, refusing
     any that reach outside it (an absolute path, `..`, a symlink out)."""
     folder = sidecar.parent.resolve()
     out = dict(kwargs)
     for key, value in kwargs.items():
-        if not isinstance(value, str) or not any(h in key.lower() for h in _PATH_HINTS):
+        if not _is_file_argument(key, value):
             continue
         target = (folder / value).resolve()
         if Path(value).is_absolute() or not target.is_relative_to(folder):
