@@ -90,7 +90,7 @@ class Workspace:
         return self._train("finished")
 
     def _make_partial(self) -> Path:
-        return self._train("partial", max_steps=2, train={"device": "cpu", "threads": 1,
+        return self._train("partial", max_steps=1, train={"device": "cpu", "threads": 1,
                                                           "checkpoint_every_steps": 1,
                                                           "eval_recal_batches": 1,
                                                           "eval_max_batches": 1})
@@ -560,6 +560,32 @@ DATA_CASES = [
 ]
 
 
+def _full_disk(w: Workspace) -> Any:
+    """The disk fills up while the second checkpoint is written."""
+    from unittest import mock
+
+    from rich.console import Console
+
+    import widthsearch.safeio as safeio
+    from widthsearch.train.trainer import Trainer
+
+    trainer = Trainer(tiny_config(w.data, train={"device": "cpu", "threads": 1,
+                                                 "checkpoint_every_steps": 1,
+                                                 "eval_recal_batches": 1, "eval_max_batches": 1}),
+                      w.fresh() / "run", console=Console(file=io.StringIO()), progress=False)
+    real = safeio.write_checksummed
+    calls = []
+
+    def fill(path: Any, data: bytes) -> Path:
+        calls.append(path)
+        if len(calls) >= 2:
+            raise OSError(28, os.strerror(28), str(path))
+        return real(path, data)
+
+    with mock.patch("widthsearch.runs.write_checksummed", fill):
+        return trainer.fit(max_steps=3)
+
+
 def _hold_lock(w: Workspace, p: dict[str, str]) -> None:
     run = RunDir(p["partial"])
     run.lock.acquire()
@@ -567,6 +593,9 @@ def _hold_lock(w: Workspace, p: dict[str, str]) -> None:
 
 
 RUN_CASES = [
+    api("runs", "the disk fills up during a checkpoint", _full_disk, E.CheckpointError,
+        r"cannot write checkpoint .*step-000000002\.pt: No space left on device; the "
+        r"previous checkpoint step-000000001\.pt is intact"),
     cli("runs", "--resume a folder that does not exist", "train --resume {tmp}/nope",
         r"run directory .*nope does not exist"),
     cli("runs", "--resume a folder that is not a run", "train --resume {tmp}",
