@@ -752,17 +752,22 @@ FILE_CASES = [
     api("files", "sidecar with an unknown key", _load_edited(run_this="rm -rf /"),
         E.ExportError, r"malformed: run_this: unknown key"),
     api("files", "sidecar resizes to a negative size", _load_edited(shapes__conv={
-        "in_channels": 3, "out_channels": -1}), E.ExportError,
-        r"shapes\.conv\.out_channels: .*greater than or equal to 0"),
+        "attrs": {"out_channels": -1}}), E.ExportError,
+        r"shapes\.conv\.attrs\.out_channels.*greater than or equal to 0"),
     api("files", "sidecar grows a layer", _load_edited(shapes__conv={
-        "in_channels": 3, "out_channels": 4096}), E.ExportError,
+        "attrs": {"out_channels": 4096}}), E.ExportError,
         r"conv\.out_channels=4096 exceeds the full model's 8; an export only shrinks"),
-    api("files", "sidecar sets a layer attribute it may not", _load_edited(shapes__conv={
+    api("files", "sidecar with an unknown shape key", _load_edited(shapes__conv={
         "forward": 1}), E.ExportError, r"shapes\.conv\.forward: unknown key"),
+    api("files", "sidecar sets a layer attribute it may not", _load_edited(shapes__conv={
+        "attrs": {"forward": 1}}), E.ExportError, r"cannot set \['forward'\] on Conv2d"),
+    api("files", "sidecar grows a tensor", _load_edited(shapes__conv={
+        "tensors": {"weight": [64, 3, 3, 3]}}), E.ExportError,
+        r"conv\.weight \(Conv2d\) has shape \[8, 3, 3, 3\], the export \[64, 3, 3, 3\]"),
     api("files", "sidecar with a huge dimension", _load_edited(shapes__conv={
-        "out_channels": 10**12}), E.ExportError, r"less than or equal to 1048576"),
+        "attrs": {"out_channels": 10**12}}), E.ExportError, r"less than or equal to 1048576"),
     api("files", "sidecar resizes a layer the model lacks", _load_edited(shapes__nope={
-        "out_channels": 2}), E.ExportError, r"resizes .*'nope'"),
+        "attrs": {"out_channels": 2}}), E.ExportError, r"resizes .*'nope'"),
     api("files", "sidecar names a model with a path", _load_edited(model="../../evil"),
         E.ExportError, r"model: String should match pattern"),
     api("files", "sidecar asks for num_classes=10**10", _load_registered(num_classes=10**10),

@@ -23,7 +23,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import __version__
-from .dynamic import resize_tensor, shrink
+from .dynamic import resize
 from .errors import ExportError, UntrustedFileError, WidthSearchError
 from .safeio import (
     SAFETENSORS_DIGEST_KEY,
@@ -37,8 +37,6 @@ MAX_PARAMS = 2_000_000_000
 """The largest full-size model (parameters and buffers) a sidecar may ask to build."""
 MAX_SIDECAR_BYTES = 16 * 2**20
 _MAX_DIM = 2**20
-_SHAPE_KEYS = ("in_channels", "out_channels", "groups", "in_features", "out_features",
-               "num_features", "num_channels", "num_groups")
 _PATH_HINTS = ("path", "file", "dir", "root")
 
 Dim = Annotated[int, Field(strict=True, ge=0, le=_MAX_DIM)]
@@ -54,18 +52,12 @@ class _Strict(BaseModel):
 
 
 class ShapeSpec(_Strict):
-    """The constructor-level sizes of one resized layer (or the shape of one tensor)."""
+    """The sizes of one resized layer: constructor-level sizes and its tensors' shapes."""
 
-    in_channels: Dim | None = None
-    out_channels: Dim | None = None
-    groups: Annotated[int, Field(strict=True, ge=1, le=_MAX_DIM)] | None = None
-    in_features: Dim | None = None
-    out_features: Dim | None = None
-    num_features: Dim | None = None
-    num_channels: Dim | None = None
-    num_groups: Annotated[int, Field(strict=True, ge=1, le=_MAX_DIM)] | None = None
-    normalized_shape: Annotated[list[Dim], Field(max_length=8)] | None = None
-    shape: Annotated[list[Dim], Field(max_length=8)] | None = None
+    attrs: Annotated[dict[Name, Dim | Annotated[list[Dim], Field(max_length=8)]],
+                     Field(max_length=16)] = {}
+    tensors: Annotated[dict[Name, Annotated[list[Dim], Field(max_length=8)]],
+                       Field(max_length=64)] = {}
 
 
 class ExportRecord(_Strict):
@@ -149,8 +141,6 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
 
         raise ExportError(f"{sidecar} is malformed: {format_validation_error(e)}") from None
     out = checked.model_dump()
-    out["shapes"] = {name: {k: v for k, v in spec.items() if v is not None}
-                     for name, spec in out["shapes"].items()}
     _confine_paths(out["model_kwargs"], sidecar)  # refuse a path out now, resolve on build
     return out
 
@@ -208,36 +198,17 @@ def _build_bounded(name: str, kwargs: dict[str, Any], sidecar: Path) -> nn.Modul
         raise ExportError(f"{sidecar}: {e}") from None
 
 
-def _check_shrinks(model: nn.Module, name: str, spec: dict[str, Any], sidecar: Path) -> None:
-    """A sidecar may only make a layer (or a tensor) smaller than the full-size model's."""
-    if "shape" in spec:
-        owner_name, _, attr = name.rpartition(".")
-        try:
-            owner = model.get_submodule(owner_name) if owner_name else model
-        except AttributeError:
-            raise ExportError(f"{sidecar} resizes {name!r}, which {type(model).__name__} "
-                              "does not have") from None
-        tensor = getattr(owner, attr, None)
-        if not isinstance(tensor, torch.Tensor):
-            raise ExportError(f"{sidecar} resizes {name!r}, which is not a tensor")
-        full = list(tensor.shape)
-        if len(spec["shape"]) != len(full) or any(
-                n > f for n, f in zip(spec["shape"], full, strict=True)):
-            raise ExportError(f"{sidecar}: {name} of shape {full} cannot become "
-                              f"{spec['shape']}; an export only shrinks")
-        return
-    layer = model.get_submodule(name)
-    for key in _SHAPE_KEYS:
-        if key in spec and isinstance(getattr(layer, key, None), int) \
-                and spec[key] > getattr(layer, key):
-            raise ExportError(f"{sidecar}: {name}.{key}={spec[key]} exceeds the full "
-                              f"model's {getattr(layer, key)}; an export only shrinks")
-    if "normalized_shape" in spec:
-        full = list(getattr(layer, "normalized_shape", ()))
-        if len(spec["normalized_shape"]) != len(full) or any(
-                n > f for n, f in zip(spec["normalized_shape"], full, strict=True)):
-            raise ExportError(f"{sidecar}: {name}.normalized_shape {spec['normalized_shape']}"
-                              f" does not shrink {full}")
+def _check_shrinks(layer: nn.Module, name: str, spec: dict[str, Any], sidecar: Path) -> None:
+    """A sidecar may only make a layer's sizes smaller than the full-size model's (its
+    tensors are checked the same way by `resize`)."""
+    for key, value in spec.get("attrs", {}).items():
+        full = getattr(layer, key, None)
+        if isinstance(value, int) and isinstance(full, int) and value > full:
+            raise ExportError(f"{sidecar}: {name}.{key}={value} exceeds the full model's "
+                              f"{full}; an export only shrinks")
+        if isinstance(value, list) and isinstance(full, (tuple, list)) and (
+                len(value) != len(full) or any(v > f for v, f in zip(value, full, strict=True))):
+            raise ExportError(f"{sidecar}: {name}.{key}={value} does not shrink {list(full)}")
 
 
 def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
@@ -257,17 +228,17 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         model = _build_bounded(record["model"], kwargs, sidecar)
     for name, spec in record["shapes"].items():
         try:
-            _check_shrinks(model, name, spec, sidecar)
-            if "shape" in spec:  # a sliced parameter (a layer scale), not a layer
-                resize_tensor(model, name, spec["shape"])
-                continue
-            layer = model.get_submodule(name)
-            model.set_submodule(name, shrink(layer, spec))
+            layer = model.get_submodule(name) if name else model
         except AttributeError:
             raise ExportError(
                 f"{weights} resizes layer {name!r}, which {type(model).__name__} does not "
                 "have; pass the full-size model the subnet was exported from"
             ) from None
+        _check_shrinks(layer, name, spec, sidecar)
+        try:
+            resize(layer, spec, where=name)
+        except WidthSearchError as e:
+            raise ExportError(f"{sidecar}: {e}") from None
         except (TypeError, ValueError, RuntimeError) as e:
             raise ExportError(f"{sidecar}: cannot resize {name!r} as it says "
                               f"({' '.join(str(e).split())[:200]})") from None
