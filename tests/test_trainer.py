@@ -241,7 +241,7 @@ def test_ctrl_c_saves_a_checkpoint_and_raises(data_root: Path, tmp_path: Path) -
 @pytest.mark.parametrize(("pattern", "strategy", "options"), [
     ("leftmost", "sandwich", {"n": 1}),
     ("bcnet", "bcnet", {}),
-    ("leftmost", "uniform", {}),
+    ("leftmost", "single-path", {}),
 ])
 def test_other_strategies_train(data_root: Path, pattern: str, strategy: str,
                                 options: dict[str, Any]) -> None:

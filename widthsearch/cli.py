@@ -287,7 +287,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help='a zoo name (resnet20, ...) or "torchvision:<name>"')
+    p.add_argument("model", help='a zoo name (resnet20, ...), "torchvision:<name>", or a run '
+                                 "directory (shows where its supernet was trained)")
+    p.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE",
+                   help="with a run directory: mark this budget on the trained-cost plot")
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
                    help="example input (default: the model's own)")
     p.add_argument("--num-classes", type=int, help="classifier outputs (default: the model's)")
@@ -303,6 +306,8 @@ def _inspect_arguments(p: argparse.ArgumentParser) -> None:
 @command("inspect", "Show a model's channel groups, their allowed widths and its cost range.",
          _inspect_arguments)
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if Path(args.model).is_dir():
+        return _inspect_run(Path(args.model), args.budget)
     import torch
 
     from . import models
@@ -373,6 +378,45 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_run(run_dir: Path, extra_budgets: Sequence[str]) -> int:
+    """Where a trained run's widths went: per-epoch quantiles of their cost, the share inside
+    each budget's 0.8-1.0 window, and RUN_DIR/trained_costs.png with the budgets marked."""
+    import numpy as np
+
+    from .runs import RunDir
+    from .search.budgets import parse_budget
+    from .train.costs import plot_trained_costs, share_in_window
+
+    run = RunDir.open(run_dir)
+    records = [r for r in run.metrics.read() if r.get("kind") == "trained_costs"]
+    if not records:
+        raise WidthSearchError(
+            f"{run_dir} records no trained widths yet (costs are recorded at the end of each "
+            "epoch)")
+    metric = records[0]["metric"]
+    specs = list((run.read_config().get("train") or {}).get("budgets") or []) + list(extra_budgets)
+    budgets = []
+    for spec in specs:
+        b = parse_budget(spec)
+        if b.metric == metric:
+            budgets.append((b.spec, b.fraction if b.fraction is not None
+                            else b.value / float(records[-1]["full"])))
+    table = Table(title=f"Widths trained in {run_dir} ({metric} / full model)")
+    for col in ("epoch", "widths", "1%", "median", "99%", *(s for s, _ in budgets)):
+        table.add_column(col, justify="right")
+    for r in records:
+        counts = np.asarray(r["counts"], dtype=np.float64)
+        cum = np.cumsum(counts) / max(counts.sum(), 1.0)
+        q = [(np.searchsorted(cum, p) + 0.5) / len(counts) for p in (0.01, 0.5, 0.99)]
+        shares = [share_in_window([r], metric, 0.8 * ratio, ratio) for _, ratio in budgets]
+        table.add_row(str(r.get("epoch")), str(int(counts.sum())), *(f"{v:.3f}" for v in q),
+                      *(f"{100 * (v or 0.0):.1f}%" for v in shares))
+    Console().print(table)
+    out = plot_trained_costs(records, run.path / "trained_costs.png", budgets)
+    print(f"wrote {out}")
+    return 0
+
+
 def _coverage_arguments(p: argparse.ArgumentParser) -> None:
     from .coverage import add_arguments
 
@@ -385,6 +429,78 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     from .coverage import main_args
 
     return main_args(args)
+
+
+def _search_arguments(p: argparse.ArgumentParser) -> None:
+    from .search.cli import add_arguments
+
+    add_arguments(p)
+
+
+@command("search", "Search the widths of a trained supernet under budgets; writes search/"
+         "front.json, chosen.json and front.png.", _search_arguments)
+def cmd_search(args: argparse.Namespace) -> int:
+    from .search.cli import run
+
+    return run(args)
+
+
+# ------------------------------------------------------------------------------ finetune, retrain
+
+
+def _finish_arguments(mode: str) -> Callable[[argparse.ArgumentParser], None]:
+    example = f"""examples:
+  widthsearch {mode} runs/cafenet --pick 0            # the first config of search/chosen.json
+  widthsearch {mode} runs/cafenet --config widths.json --name mine
+  widthsearch {mode} runs/cafenet --pick 1 --set optim.epochs=3 optim.lr=0.02
+  widthsearch {mode} runs/cafenet --pick 0            # again: resumes, or prints the result
+
+widths.json holds {{"group": width, ...}} or {{"config": {{...}}, "choice": {{...}}}}. The run
+goes to RUN_DIR/{mode}/NAME (default pick-K or the file's name); the TEST split is measured
+once, when training ends; the model is exported to exports/model.safetensors/.json/.onnx."""
+
+    def arguments(p: argparse.ArgumentParser) -> None:
+        p.formatter_class = argparse.RawDescriptionHelpFormatter
+        p.epilog = example
+        p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained supernet run")
+        which = p.add_mutually_exclusive_group(required=True)
+        which.add_argument("--pick", type=int, metavar="K",
+                           help="entry K of RUN_DIR/search/chosen.json (0 = the first)")
+        which.add_argument("--config", type=Path, metavar="JSON", help="a width config file")
+        p.add_argument("--name", help="sub-run name (default: pick-K or the file's stem)")
+        p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+",
+                       action="extend", default=[],
+                       help="override the sub-run's config, e.g. optim.epochs=3")
+        p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    return arguments
+
+
+def _finish(args: argparse.Namespace, mode: str) -> int:
+    from .finish import describe, finish
+    from .train.distributed import cleanup
+
+    try:
+        result = finish(args.run_dir, mode, pick=args.pick, config_file=args.config,  # type: ignore[arg-type]
+                        name=args.name, overrides=args.overrides,
+                        progress=False if args.no_progress else None)
+        if result:
+            print(describe(result))
+        return 0
+    finally:
+        cleanup()
+
+
+@command("finetune", "Fine-tune a searched width from the supernet's weights, test it once "
+         "and export it.", _finish_arguments("finetune"))
+def cmd_finetune(args: argparse.Namespace) -> int:
+    return _finish(args, "finetune")
+
+
+@command("retrain", "Retrain a searched width from scratch, test it once and export it.",
+         _finish_arguments("retrain"))
+def cmd_retrain(args: argparse.Namespace) -> int:
+    return _finish(args, "retrain")
 
 
 def _compact(values: Sequence[int]) -> str:

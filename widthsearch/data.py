@@ -534,6 +534,19 @@ class DataBundle:
     name: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    recal: Loader | None = None
+    """Training images for BN recalibration: a fixed sample of the train split, unaugmented
+    (eval transforms), in a fixed order, the same on every rank and every iteration."""
+
+
+RECAL_SIZE = 10_000
+"""Images in the recalibration loader (20 batches of 256 need 5,120)."""
+
+
+def _recal_indices(train_idx: Tensor, seed: int, size: int) -> Tensor:
+    """A fixed random sample of the train indices (its own stream: not the shuffle's)."""
+    perm = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed + 2))
+    return train_idx[perm[:size]]
 
 
 def example_input(bundle: DataBundle) -> Tensor:
@@ -599,9 +612,11 @@ def build_data(name: str, root: str | os.PathLike | None = None, *, batch_size: 
                          world_size=world_size, pad=spec.pad if pad is None else pad, **stats)
     val = TensorLoader(train_x[val_idx], train_y[val_idx], batch_size, **stats)
     test = TensorLoader(test_x, test_y, batch_size, **stats)
+    recal_idx = _recal_indices(train_idx, seed, RECAL_SIZE)
+    recal = TensorLoader(train_x[recal_idx], train_y[recal_idx], batch_size, **stats)
     return DataBundle(train, val, test, spec.num_classes or 0, train_x.shape[1],
                       (train_x.shape[2], train_x.shape[3]), len(train_idx), len(val_idx),
-                      len(test_y), name, spec.mean, spec.std)
+                      len(test_y), name, spec.mean, spec.std, recal)
 
 
 def _build_folder(root: str | os.PathLike | None, *, batch_size: int,
@@ -642,5 +657,9 @@ def _build_folder(root: str | os.PathLike | None, *, batch_size: int,
                          world_size=world_size, **common)
     val = FolderLoader(_View(base, val_idx, eval_tf), batch_size, **common)
     test = FolderLoader(test_set, batch_size, **common)
+    # Recalibration sees clean images (eval transforms): the statistics of randomly resized
+    # crops are not those of the images a subnet is scored or deployed on.
+    recal = FolderLoader(_View(base, _recal_indices(train_idx, seed, RECAL_SIZE), eval_tf),
+                         batch_size, **common)
     return DataBundle(train, val, test, len(base.classes), 3, size, len(train_idx),
-                      len(val_idx), len(test_set), "imagefolder", spec.mean, spec.std)
+                      len(val_idx), len(test_set), "imagefolder", spec.mean, spec.std, recal)

@@ -47,16 +47,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .. import models
-from ..bins import apply_bins
+from ..build import build_run_data, build_supernet, write_space
 from ..config import RunConfig, load_config
-from ..data import DataBundle, FolderLoader, TensorLoader, build_data, example_input
+from ..data import DataBundle
 from ..errors import CheckpointError, NumericsError, RunError, WidthSearchError
-from ..patterns import LocallyFree, Pattern
+from ..evaluate import Evaluator
 from ..runs import RunDir, capture_rng_state, config_identity, restore_rng_state
+from ..seeds import SEED_STEP, derive_seed
 from ..space import WidthConfig
 from ..supernet import Supernet
-from .bn import evaluate
+from .costs import TrainedCosts
 from .distributed import (
     DistInfo,
     all_reduce_mean,
@@ -68,6 +68,7 @@ from .distributed import (
 )
 from .numerics import non_finite_report
 from .outputs import AuxLoss, MainLogits
+from .samplers import build_sampler
 from .strategies import build_strategy, identity
 
 __all__ = [
@@ -91,21 +92,12 @@ applies from the resumed step on, config.yaml keeps it and metrics.jsonl records
 _CHECKPOINT_KEYS = ("format", "step", "total_steps", "identity", "model", "optimizer",
                     "scheduler", "strategy", "train_loader", "rng")
 
-_SEED_STEP, _SEED_SHUFFLE, _SEED_RECAL = 0, 1, 2
-
-
 # ------------------------------------------------------------------------------ seeds, schedule
-
-
-def derive_seed(seed: int, *keys: int) -> int:
-    """A well-mixed 63-bit seed from (seed, keys...), e.g. (run seed, purpose, step)."""
-    state = np.random.SeedSequence([int(seed), *(int(k) for k in keys)]).generate_state(2)
-    return (int(state[0]) << 31 ^ int(state[1])) & (2**63 - 1)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The generator of step `step`: the same on every rank and after a resume."""
-    return torch.Generator().manual_seed(derive_seed(seed, _SEED_STEP, step))
+    return torch.Generator().manual_seed(derive_seed(seed, SEED_STEP, step))
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -294,11 +286,14 @@ class Trainer:
             which joins the torchrun job if there is one).
         console: where progress and summaries go (rank 0 only).
         progress: show the progress bar (default: when the console is a terminal).
+        build_net: builds the supernet from (config, data) instead of `build.build_supernet`
+            (finishing trains an exported subnet this way); give the same one to `resume`.
     """
 
     def __init__(self, config: RunConfig | Mapping[str, Any] | str | Path,
                  run_dir: str | Path | None = None, *, dist: DistInfo | None = None,
                  console: Console | None = None, progress: bool | None = None,
+                 build_net: Callable[[RunConfig, DataBundle], Supernet] | None = None,
                  _existing: RunDir | None = None) -> None:
         self.config = config if isinstance(config, RunConfig) else load_config(config)
         cfg = self.config
@@ -316,10 +311,16 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         _seed_everything(cfg.train.seed)
 
+        self._build_net = build_net
         self.data = self._build_data()
         self.net = self._build_supernet()
+        self._evaluator: Evaluator | None = None
         self.strategy = build_strategy(cfg.strategy.name, **cfg.strategy.options)
         self.strategy.check(self.net)
+        self.strategy.sampler = build_sampler(cfg.train.sampler, self.net.cost_model,
+                                              self.net.space, budgets=cfg.train.budgets,
+                                              metric=cfg.train.sampler_metric)
+        self.trained_costs = TrainedCosts(self.net.cost_model, cfg.train.sampler_metric)
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.net, cfg)
         self.steps_per_epoch = len(self.data.train)
@@ -347,6 +348,8 @@ class Trainer:
         elif run_dir is not None:
             self.run = RunDir.create(run_dir, cfg.to_dict(), rank=self.dist.rank)
             self.run.lock.acquire()
+            if self.dist.is_main:
+                write_space(self.run, self.net)  # what load_supernet reads back
             barrier()
         else:
             self.run = None
@@ -354,43 +357,17 @@ class Trainer:
 
     # -- construction ------------------------------------------------------------------------
     def _build_data(self) -> DataBundle:
-        """Loaders on this rank's device. The val split is drawn with data.split_seed (the
-        seed build_data receives); the train loader is then reseeded from train.seed, so
-        changing the run seed changes the batch order but not which images are val."""
-        d = self.config.data
-        bundle = build_data(d.name, d.root, batch_size=d.batch_size, val_size=d.val_size,
-                            seed=d.split_seed, subset=d.subset, val_subset=d.val_subset,
-                            augment=d.augment, image_size=d.image_size, workers=d.workers,
-                            rank=self.dist.rank, world_size=self.dist.world_size,
-                            device=self.device)
-        if bundle.train.generator is not None:
-            bundle.train.generator.manual_seed(derive_seed(self.config.train.seed, _SEED_SHUFFLE))
+        """The run's loaders on this rank's device (`build.build_run_data`); the test split
+        is replaced by a guard that refuses to be read."""
+        bundle = build_run_data(self.config, rank=self.dist.rank,
+                                world_size=self.dist.world_size, device=self.device)
         return dataclasses.replace(bundle, test=_NoTestSplit())  # type: ignore[arg-type]
 
     def _build_supernet(self) -> Supernet:
-        cfg, m = self.config, self.config.model
-        kwargs = dict(m.kwargs)
-        for key in ("num_classes", "in_channels"):
-            if key in kwargs:
-                raise WidthSearchError(f"set model.{key}, not model.kwargs.{key}")
-        if m.num_classes is not None and m.num_classes < self.data.num_classes:
-            raise WidthSearchError(f"model.num_classes={m.num_classes} but {self.data.name} "
-                                   f"has {self.data.num_classes} classes")
-        kwargs["num_classes"] = m.num_classes or self.data.num_classes
-        kwargs["in_channels"] = m.in_channels or self.data.in_channels
-        if kwargs["in_channels"] != self.data.in_channels:
-            raise WidthSearchError(f"model.in_channels={kwargs['in_channels']} but "
-                                   f"{self.data.name} images have {self.data.in_channels}")
-        model = models.get(m.name, **kwargs)
-        s = cfg.supernet
-        pattern: str | Pattern = LocallyFree(s.r) if s.pattern == "cafenet" else s.pattern
-        with warnings.catch_warnings():
-            if not self.dist.is_main:  # discovery warnings once, not once per rank
-                warnings.simplefilter("ignore")
-            net = Supernet(model, example_input(self.data), pattern=pattern,
-                           min_ratio=s.min_ratio, divisions=s.divisions)
-        if s.bins:
-            apply_bins(net, min_ratio=s.min_ratio, min_bin=s.min_bin, max_bin=s.max_bin)
+        if self._build_net is not None:
+            net = self._build_net(self.config, self.data)
+        else:
+            net = build_supernet(self.config, self.data, quiet=not self.dist.is_main)
         net.to(self.device)
         broadcast_module(net)  # identical start on every rank (seeded alike anyway)
         return net
@@ -408,7 +385,8 @@ class Trainer:
     @classmethod
     def resume(cls, run_dir: str | Path, *, overrides: Sequence[str] = (),
                dist: DistInfo | None = None, console: Console | None = None,
-               progress: bool | None = None) -> Trainer:
+               progress: bool | None = None,
+               build_net: Callable[[RunConfig, DataBundle], Supernet] | None = None) -> Trainer:
         """Rebuild the run in `run_dir` from its config.yaml and newest checkpoint.
 
         `overrides` may change only settings that do not change the computation
@@ -432,7 +410,8 @@ class Trainer:
         run = RunDir.open(run_dir, rank=dist.rank)
         run.lock.acquire()
         try:
-            trainer = cls(config, dist=dist, console=console, progress=progress, _existing=run)
+            trainer = cls(config, dist=dist, console=console, progress=progress,
+                          build_net=build_net, _existing=run)
             latest = run.latest_checkpoint()
             if latest is None:
                 if run.has_results():
@@ -525,6 +504,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "strategy": self.strategy.state_dict(),
+            "trained_costs": self.trained_costs.state_dict(),
             "scaler": self.precision.state_dict(),
             "train_loader": self.data.train.state_dict(),
             "rng": capture_rng_state(),
@@ -546,6 +526,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.strategy.load_state_dict(state["strategy"])
+        self.trained_costs.load_state_dict(state.get("trained_costs"))
         self.precision.load_state_dict(state.get("scaler"))
         self.data.train.load_state_dict(state["train_loader"])
         self.step = int(state["step"])
@@ -655,6 +636,8 @@ class Trainer:
         with self.precision.autocast():
             metrics = self.strategy.step(self.train_net, x, y, loss_fn=self.loss_fn,
                                          generator=generator, reduce_mean=self.reduce_mean)
+        self.trained_costs.add(self.strategy.trained)
+        self.strategy.trained.clear()
         if not math.isfinite(metrics["loss"]):
             raise NumericsError(f"training diverged at step {self.step + 1} (loss "
                                 f"{metrics['loss']}). " + self._advice())
@@ -684,15 +667,17 @@ class Trainer:
         self._epoch_losses = []
         self._train_losses.append(epoch_loss)
         started = time.perf_counter()
-        if self.dist.is_main:
-            self.val = self.evaluate_widths()
+        self.val = self.evaluate_widths()  # every rank: the configs are sharded over ranks
         barrier()
         if self.step >= self.total_steps:
             self.finished = True
+        trained_costs = self.trained_costs.flush()
         if self.run is not None and self.dist.is_main:
             self.run.metrics.log(kind="epoch", step=self.step, epoch=self.epoch,
                                  train_loss=epoch_loss, lr=self._lr(),
                                  eval_seconds=time.perf_counter() - started, val=self.val)
+            self.run.metrics.log(kind="trained_costs", step=self.step, epoch=self.epoch,
+                                 **trained_costs)
         if self._tb is not None:
             for label, m in self.val.items():
                 self._tb.add_scalar(f"val/{label}_accuracy", m["accuracy"], self.step)
@@ -730,35 +715,35 @@ class Trainer:
         space = self.net.space
         return {"max": space.max(), "mid": space.uniform(0.5), "min": space.min()}
 
+    @property
+    def evaluator(self) -> Evaluator:
+        """The val scorer, built once (it keeps the recalibration batches in memory)."""
+        if self._evaluator is None:
+            t = self.config.train
+            self._evaluator = Evaluator(
+                self.net, self.data.recal, self.data.val, recal_batches=t.eval_recal_batches,
+                val_batches=t.eval_max_batches, seed=t.seed, device=self.device)
+        return self._evaluator
+
     def evaluate_widths(self) -> dict[str, dict[str, float]]:
-        """Val loss / accuracy at each of `eval_configs()` (leftmost channels), after BN
-        recalibration on training images; BN statistics and RNGs are left as they were."""
-        t = self.config.train
+        """Val loss / accuracy at each of `eval_configs()`, scored as search scores them
+        (`Evaluator`: BN recalibration on clean training batches; CafeNet the best of its
+        free assignments, BCNet the mean of both sides). BN statistics, widths and RNGs
+        are left as they were. Every rank must call it (the configs are sharded)."""
         full = self.net.cost(self.net.space.max())
-        results = {}
+        evaluator = self.evaluator
+        evaluator.clear()  # the weights changed since the last evaluation
+        configs = self.eval_configs()
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            for label, cfg in self.eval_configs().items():
-                m = evaluate(self.net, cfg, None, self.data.val, t.eval_recal_batches,
-                             self._recal_loader(), t.eval_max_batches, loss_fn=None)
-                cost = self.net.cost(cfg)
-                results[label] = {"loss": m["loss"], "accuracy": m["accuracy"],
-                                  "macs": float(cost.macs),
-                                  "macs_ratio": cost.macs / full.macs if full.macs else 0.0}
+            scores = evaluator.evaluate(list(configs.values()))
+        results = {}
+        for (label, cfg), score in zip(configs.items(), scores, strict=True):
+            cost = self.net.cost(cfg)
+            results[label] = {"loss": score.loss, "accuracy": score.accuracy,
+                              "macs": float(cost.macs),
+                              "macs_ratio": cost.macs / full.macs if full.macs else 0.0}
         return results
-
-    def _recal_loader(self) -> TensorLoader | FolderLoader:
-        """Training images for BN recalibration, in a fixed order and without augmentation,
-        so every evaluation recalibrates on the same batches and the training loader's
-        position is untouched."""
-        train = self.data.train
-        generator = torch.Generator().manual_seed(derive_seed(self.config.train.seed, _SEED_RECAL))
-        if isinstance(train, TensorLoader):
-            return TensorLoader(train.images, train.labels, train.batch_size, shuffle=True,
-                                augment=False, generator=generator, device=self.device,
-                                mean=self.data.mean, std=self.data.std)
-        return FolderLoader(train.dataset, train.batch_size, shuffle=True, generator=generator,
-                            device=self.device, workers=train.workers)
 
     # -- output ------------------------------------------------------------------------------
     def _progress_bar(self) -> Progress:
