@@ -30,6 +30,7 @@ FAMILIES = {
     "runs": "Run directories and checkpoints",
     "files": "Untrusted files: exports and weights (Python API)",
     "numerics": "Numerics",
+    "budgets": "Budgets and search",
     "subcommands": "Subcommands and options",
 }
 

@@ -849,8 +849,52 @@ SUBCOMMAND_CASES = [
         r"Fashion-MNIST not found"),
 ]
 
+def _json(name: str, text: str) -> Callable[[Workspace, dict[str, str]], None]:
+    return lambda w, p: Path(p["tmp"], name).write_text(text)
+
+
+SEARCH = "search {finished} --quiet --budget"
+BUDGET_CASES = [
+    cli("budgets", "a percentage above 100", f"{SEARCH} macs=200%",
+        r"budget 'macs=200%': a percentage must be in \(0, 100\]"),
+    cli("budgets", "below the smallest subnet", f"{SEARCH} macs=0.001%",
+        r"macs=0\.001% .* is outside the reachable macs range"),
+    cli("budgets", "FLOPs instead of MACs", f"{SEARCH} flops=50%",
+        r"budget metric 'flops': widthsearch counts multiply-accumulates, write macs=50%"),
+    cli("budgets", "a budget without a value", f"{SEARCH} macs",
+        r"a budget looks like macs=50% or latency=2\.5ms, got 'macs'"),
+    cli("budgets", "a budget that is not a number", f"{SEARCH} macs=abc",
+        r"'abc' is not a number with a unit"),
+    cli("budgets", "search a folder that is not a run", "search {tmp} --budget macs=50%",
+        r"is not a widthsearch run directory \(no config\.yaml\); train one there first"),
+    cli("budgets", "search with population 0", f"{SEARCH} macs=50% --population 0",
+        r"evolution needs population, generations, top_k >= 1"),
+    cli("budgets", "search with an unknown method", f"{SEARCH} macs=50% --method nope",
+        r"argument --method: invalid choice: 'nope'"),
+]
+
+FINISH_CASES = [
+    cli("subcommands", "finetune a folder that is not a run", "finetune {tmp} --pick 0",
+        r"is not a widthsearch run directory"),
+    cli("subcommands", "finetune before any search", "finetune {finished} --pick 0",
+        r"search/chosen\.json does not exist: search the run first"),
+    cli("subcommands", "retrain before any search", "retrain {finished} --pick 0",
+        r"search/chosen\.json does not exist"),
+    cli("subcommands", "finetune a missing width file",
+        "finetune {finished} --config {tmp}/nope.json", r"nope\.json does not exist"),
+    cli("subcommands", "finetune a width file that is not JSON",
+        "finetune {finished} --config {tmp}/bad.json", r"bad\.json is not readable JSON",
+        setup=_json("bad.json", "{nope")),
+    cli("subcommands", "finetune a width file holding a list",
+        "finetune {finished} --config {tmp}/list.json", r"list\.json must hold a JSON object",
+        setup=_json("list.json", "[1]")),
+    cli("subcommands", "finetune without --pick or --config", "finetune {finished}",
+        r"one of the arguments --pick --config is required"),
+]
+
 CASES: list[Case] = [*CONFIG_CASES, *MODEL_CASES, *OUTPUT_CASES, *WIDTH_CASES, *DATA_CASES,
-                     *RUN_CASES, *FILE_CASES, *NUMERIC_CASES, *SUBCOMMAND_CASES]
+                     *RUN_CASES, *FILE_CASES, *NUMERIC_CASES, *BUDGET_CASES,
+                     *SUBCOMMAND_CASES, *FINISH_CASES]
 
 # ------------------------------------------------------------------------------ running
 

@@ -466,7 +466,7 @@ class RunDir:
         if not run.config_path.is_file():
             raise WidthSearchError(
                 f"{run.path} is not a widthsearch run directory (no {CONFIG_FILE}); "
-                "start a new run there instead of resuming"
+                f"train one there first (widthsearch train --run-dir {run.path})"
             )
         return run
 
