@@ -431,6 +431,75 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     return main_args(args)
 
 
+def _latency_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="RUN_DIR_OR_MODEL",
+                   help='a run directory, a zoo name (resnet20, ...) or "torchvision:<name>"')
+    p.add_argument("-o", "--output", required=True, help="where to write the table (JSON)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
+                   help="runtime to time (default: torch)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="torch device (default: cpu)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default: 1)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size timed (default: 1)")
+    p.add_argument("--samples", type=int, default=20,
+                   help="random configs whose exported models check the table (default: 20)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved rounds of the end-to-end checks (default: 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the checked configs")
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="a model's example input (default: the model's own)")
+    p.add_argument("--num-classes", type=int, help="classifier outputs (default: the model's)")
+    p.add_argument("--min-ratio", type=float, default=0.25, help="smallest width ratio")
+    p.add_argument("--divisions", type=int, default=16, help="about this many widths per group")
+    p.add_argument("--bins", action="store_true", help="the FLOPs-sensitive bin space")
+
+
+@command("latency-table", "Measure a per-layer latency lookup table for every width of a "
+         "supernet's space on this machine and report its error on exported models.",
+         _latency_arguments)
+def cmd_latency_table(args: argparse.Namespace) -> int:
+    import torch
+
+    from .search.latency import Target, measure_table
+
+    if args.samples < 0 or args.rounds < 1:
+        raise WidthSearchError("--samples must be >= 0 and --rounds >= 1")
+    target = Target(backend=args.backend, device=args.device, threads=args.threads,
+                    batch_size=args.batch_size)
+    source = Path(args.source)
+    if source.is_dir():
+        from .build import load_supernet
+
+        net = load_supernet(source).net
+    else:
+        from . import models
+        from .supernet import Supernet
+
+        c, h, w = args.input_size or models.default_input_size(args.source)
+        kwargs: dict[str, Any] = {"in_channels": c} if args.input_size else {}
+        if args.num_classes is not None:
+            kwargs["num_classes"] = args.num_classes
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = Supernet(models.get(args.source, **kwargs), torch.zeros(1, c, h, w),
+                           min_ratio=args.min_ratio, divisions=args.divisions)
+        if args.bins:
+            from .bins import apply_bins
+
+            apply_bins(net, min_ratio=args.min_ratio)
+    net.eval()
+    console = Console(stderr=True)
+    table = measure_table(net, target, samples=args.samples, rounds=args.rounds,
+                          seed=args.seed, progress=console.print)
+    path = table.save(args.output)
+    err = table.error
+    summary = (f"{path}: full width {table.full_latency * 1e3:.3f} ms, built in "
+               f"{table.build_seconds:.0f} s")
+    if err:
+        summary += (f"; on {err['samples']} exported models MAPE {err['mape'] * 100:.1f}%, "
+                    f"{err['within_10pct'] * 100:.0f}% within +-10%")
+    print(summary)
+    return 0
 def _search_arguments(p: argparse.ArgumentParser) -> None:
     from .search.cli import add_arguments
 
@@ -507,3 +576,21 @@ def _compact(values: Sequence[int]) -> str:
     if len(values) <= 6:
         return ", ".join(map(str, values))
     return f"{values[0]}, {values[1]}, ..., {values[-2]}, {values[-1]} ({len(values)} widths)"
+
+
+# ------------------------------------------------------------------------------ slimmable
+
+
+def _slimmable_arguments(p: argparse.ArgumentParser) -> None:
+    from .slimmable import add_arguments
+
+    add_arguments(p)
+
+
+@command("slimmable", "Build the run-time slimmable network of a trained run (joslim, slim, "
+         "two-stage): levels along the val accuracy-vs-cost front, one file, a plot.",
+         _slimmable_arguments)
+def cmd_slimmable(args: argparse.Namespace) -> int:
+    from .slimmable import main_args
+
+    return main_args(args)

@@ -11,9 +11,8 @@ chosen.json and front.png in the run's search/ folder.
 
 from __future__ import annotations
 
-import warnings
-
 import inspect
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

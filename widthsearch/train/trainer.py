@@ -10,9 +10,11 @@ The research logic (which widths a step trains, with which losses) lives in a St
     per log step:   a "train" record in metrics.jsonl (and TensorBoard if installed)
     every N steps:  an atomic checkpoint (model, optimizer, scheduler, strategy, RNGs,
                     data position) that loads with torch.load(weights_only=True)
-    per epoch:      val loss / accuracy at the max, middle and min widths after BN
-                    recalibration (BN buffers restored afterwards), an "epoch" record
-                    and a checkpoint
+    per epoch:      val loss / accuracy at the max, middle and min widths, scored as
+                    search scores them (`evaluate.Evaluator`: BN recalibration on clean
+                    training images, per-pattern assignments; BN buffers restored
+                    afterwards; the configs sharded over ranks), an "epoch" record and
+                    a checkpoint
 
 A run killed at any point resumes from its newest checkpoint with `Trainer.resume(run_dir)`
 and ends with exactly the weights of an uninterrupted run (DESIGN invariant 5). Ctrl-C (or
@@ -325,6 +327,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.net, cfg)
         self.steps_per_epoch = len(self.data.train)
         self.total_steps = cfg.optim.epochs * self.steps_per_epoch
+        if hasattr(self.strategy, "attach"):  # strategies that re-score widths on val (joslim)
+            self.strategy.attach(total_steps=self.total_steps, val=self.data.val)
         self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.warmup_steps)
         self.train_net = MainLogits(self.net)
