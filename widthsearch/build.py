@@ -182,12 +182,7 @@ def load_supernet(run_dir: str | Path, *, checkpoint: str | Path | None = None,
     net = build_supernet(config, data, device="cpu", quiet=True, space=record)
     weights = run.path / WEIGHTS_FILE
     if checkpoint is None and weights.is_file():
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(weights))
-        except Exception as e:  # a damaged file can fail in many ways
-            raise WidthSearchError(f"{weights} is not readable: {e}") from e
+        state = run.load_supernet_weights()  # checksum verified: damage is named, not used
         step, finished, source = _weights_step(weights), True, weights
     else:
         if checkpoint is None and run.latest_checkpoint() is None:
