@@ -35,7 +35,8 @@ from widthsearch.train.strategies import build_strategy
 from widthsearch.train.trainer import Trainer
 
 STRATEGIES = {  # strategy -> the pattern it needs
-    "sandwich": "leftmost", "cafenet": LocallyFree(r=1), "bcnet": Bilateral(), "uniform": "leftmost",
+    "sandwich": "leftmost", "cafenet": LocallyFree(r=1), "bcnet": Bilateral(),
+    "single-path": "leftmost",
 }
 
 

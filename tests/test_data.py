@@ -514,3 +514,37 @@ def test_build_data_shards_train_only(tmp_path):
     assert len(bundles[0].val) == len(bundles[1].val) == 3  # full val on every rank
     with pytest.raises(WidthSearchError, match="rank"):
         build_data("fashion-mnist", tmp_path, batch_size=4, rank=2, world_size=2)
+
+
+def test_imagefolder_recalibration_images_are_unaugmented(tmp_path):
+    """BN recalibration must see the images as they are scored (eval transforms), not the
+    random resized crops and flips of training."""
+    from PIL import Image
+
+    from widthsearch.data import folder_transform
+
+    write_images(tmp_path / "train", {"cat": 6, "dog": 6})
+    write_images(tmp_path / "val", {"cat": 2, "dog": 2})
+    bundle = build_data("imagefolder", tmp_path, batch_size=4, val_size=2, image_size=8,
+                        workers=0, augment=True)
+    first, second = list(bundle.recal), list(bundle.recal)
+    assert sum(len(y) for _, y in first) == bundle.train_size  # every train image, none of val
+    for (xa, ya), (xb, yb) in zip(first, second, strict=True):  # no randomness at all
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    clean = folder_transform((8, 8), False, bundle.mean, bundle.std)
+    view = bundle.recal.dataset
+    path, _ = view.base.samples[view.indices[0]]
+    assert torch.allclose(first[0][0][0], clean(Image.open(path).convert("RGB")))
+
+
+def test_in_memory_recalibration_sample_is_fixed_and_from_train(tmp_path):
+    write_fashion(tmp_path)
+    bundle = build_data("fashion-mnist", tmp_path, batch_size=8, val_size=10, augment=True)
+    first, second = list(bundle.recal), list(bundle.recal)
+    assert sum(len(y) for _, y in first) == bundle.train_size
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, second, strict=True))
+    train = torch.cat([x for x, _ in bundle.train.__class__(  # the unaugmented train split
+        bundle.train.images, bundle.train.labels, 1000, mean=bundle.mean, std=bundle.std)])
+    recal = torch.cat([x for x, _ in first])
+    assert sorted(map(hash, map(lambda t: t.numpy().tobytes(), recal))) == \
+        sorted(map(hash, map(lambda t: t.numpy().tobytes(), train)))

@@ -157,3 +157,128 @@ def test_supernet_space_is_consistent(resnet20_net) -> None:
             assert g.choices[0] >= g.size * 0.25
             assert all(w % g.step == 0 for w in g.choices[:-1])
     assert "group 'conv1': 16 channels" in space.summary()
+
+
+# -- sample_at: a config at a target cost, without rejection ---------------------------------
+
+SAMPLE_MODELS = ("resnet20", "mobilenetv2", "torchvision:resnet18", "torchvision:mobilenet_v2")
+
+
+def _window_hits(space: WidthSpace, cost, idx: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    c = cost(space.widths_of_indices(idx))
+    return (c >= lo) & (c <= hi)
+
+
+@pytest.mark.parametrize("name", SAMPLE_MODELS)
+@pytest.mark.parametrize("metric", ["macs", "params"])
+def test_sample_at_lands_in_the_window(make_supernet, name: str, metric: str) -> None:
+    net, _ = make_supernet(name)
+    space = net.space
+    cost = lambda w: net.cost_model.evaluate(w, metric)  # noqa: E731
+    lo = float(cost(space.to_vector(space.min())[None])[0])
+    hi = float(cost(space.to_vector(space.max())[None])[0])
+    rng = np.random.default_rng(1)
+    gen = torch.Generator().manual_seed(0)
+    # random targets over the whole range, plus the tight end where uniform widths never go
+    targets = np.concatenate([rng.uniform(lo, hi, 25), lo + (hi - lo) * np.array([0.01, 0.05])])
+    for target in targets:
+        idx = space.sample_indices_at(cost, target, 0.02, gen, n=8)
+        assert _window_hits(space, cost, idx, 0.98 * target, 1.02 * target).all()
+    idx = space.sample_indices_at(net.cost_model, (lo + hi) / 2, 0.02, gen, metric=metric, n=200)
+    assert _window_hits(space, cost, idx, 0.98 * (lo + hi) / 2, 1.02 * (lo + hi) / 2).all()
+    distinct = {tuple(r) for r in idx}
+    assert len(distinct) > 150  # not degenerate: a wide window holds many configs
+    # every slimmable group takes several widths across draws
+    assert all(len(set(idx[:, j])) > 1 for j, g in enumerate(space.groups) if g.slimmable)
+
+
+def test_sample_at_asymmetric_window_spreads_over_it(resnet20_net) -> None:
+    net, _ = resnet20_net
+    space = net.space
+    full = net.cost(space.max()).macs
+    target = 0.10 * full  # CafeNet's window 0.8-1.0 of a 10% budget
+    cfgs = space.sample_at(net.cost_model, target, metric="macs", low=0.8, high=1.0,
+                           generator=torch.Generator().manual_seed(3), n=300)
+    macs = np.array([net.cost(c).macs for c in cfgs])
+    assert ((macs >= 0.8 * target) & (macs <= target)).all()
+    # spread over the window, not piled at one edge
+    assert macs.min() < 0.86 * target and macs.max() > 0.94 * target
+    assert len(set(cfgs)) > 100
+
+
+def test_sample_at_is_deterministic(resnet20_net) -> None:
+    net, _ = resnet20_net
+    target = 0.4 * net.cost(net.space.max()).macs
+    a = net.space.sample_at(net.cost_model, target, metric="macs", n=20,
+                            generator=torch.Generator().manual_seed(7))
+    b = net.space.sample_at(net.cost_model, target, metric="macs", n=20,
+                            generator=torch.Generator().manual_seed(7))
+    assert a == b
+    one = net.space.sample_at(net.cost_model, target, metric="macs",
+                              generator=torch.Generator().manual_seed(7))
+    assert isinstance(one, WidthConfig)
+
+
+def test_sample_at_out_of_range_is_one_clear_error(resnet20_net) -> None:
+    net, _ = resnet20_net
+    full = net.cost(net.space.max()).macs
+    small = net.cost(net.space.min()).macs
+    for target in (0.5 * small, 1.5 * full):
+        with pytest.raises(WidthSearchError, match="reachable range") as err:
+            net.space.sample_at(net.cost_model, target, metric="macs")
+        assert f"{small:,}" in str(err.value) and f"{full:,}" in str(err.value)
+    with pytest.raises(WidthSearchError, match="metric name"):
+        net.space.sample_at(net.cost_model, full)
+    with pytest.raises(WidthSearchError, match="low <= high"):
+        net.space.sample_at(net.cost_model, full, metric="macs", low=1.0, high=0.8)
+
+
+class _LatencyTable:
+    """A synthetic additive latency lookup table: a random increasing cost per width."""
+
+    def __init__(self, space: WidthSpace, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.tables = []
+        for g in space.groups:
+            steps = rng.uniform(0.01, 1.0, len(g.choices))
+            self.tables.append(dict(zip(g.choices, np.cumsum(steps), strict=True)))
+
+    def evaluate(self, widths: np.ndarray, metric: str) -> np.ndarray:
+        assert metric == "latency"
+        w = np.atleast_2d(widths)
+        return np.array([sum(t[int(x)] for t, x in zip(self.tables, row, strict=True))
+                         for row in w])
+
+
+def test_sample_at_with_an_additive_latency_table(resnet20_net) -> None:
+    net, _ = resnet20_net
+    space = net.space
+    table = _LatencyTable(space, seed=0)
+    lo = table.evaluate(space.to_vector(space.min())[None], "latency")[0]
+    hi = table.evaluate(space.to_vector(space.max())[None], "latency")[0]
+    gen = torch.Generator().manual_seed(0)
+    for target in np.random.default_rng(0).uniform(lo, hi, 20):
+        idx = space.sample_indices_at(table, target, 0.03, gen, metric="latency", n=10)
+        c = table.evaluate(space.widths_of_indices(idx), "latency")
+        assert ((c >= 0.97 * target) & (c <= 1.03 * target)).all()
+
+
+def test_sample_at_too_narrow_window_says_so(space: WidthSpace) -> None:
+    # cost = width of group a alone: only 4, 8, 12, 16 exist, so a window around 6 is empty
+    cost = lambda w: w[:, 1].astype(float)  # noqa: E731
+    with pytest.raises(WidthSearchError, match="widen the tolerance"):
+        space.sample_at(cost, 6.0, 0.01, torch.Generator().manual_seed(0))
+    loose = space.sample_at(cost, 6.0, 0.01, torch.Generator().manual_seed(0), strict=False)
+    assert loose["a"] in (4, 8)
+    assert space.sample_at(cost, 8.0, 0.01, torch.Generator().manual_seed(0))["a"] == 8
+
+
+def test_aligned_keeps_multiples(space: WidthSpace) -> None:
+    al = space.aligned(4)
+    assert al["a"].choices == (4, 8, 12, 16)
+    assert al["b"].choices == (4, 8, 10)  # the full size stays: the model's own width
+    assert al["c"].choices == (4, 6)
+    assert al["input"].choices == (3,)
+    assert al.aligned(8)["a"].choices == (8, 16)
+    with pytest.raises(WidthSearchError, match="positive integer"):
+        space.aligned(0)

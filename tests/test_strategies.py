@@ -82,7 +82,7 @@ TRAINING = {
     "sandwich": ("leftmost", {}, 0.025, 32),
     "cafenet": ("cafenet", {}, 0.05, 32),
     "bcnet": ("bcnet", {}, 0.05, 32),
-    "uniform": ("leftmost", {}, 0.05, 16),
+    "single-path": ("leftmost", {}, 0.05, 16),
 }
 
 
@@ -100,13 +100,14 @@ def test_loss_falls(name: str) -> None:
 
 
 def test_registry_rejects_unknown_names_and_options() -> None:
-    assert set(STRATEGIES) == {"sandwich", "cafenet", "bcnet", "uniform"}
+    assert set(STRATEGIES) == {"sandwich", "cafenet", "bcnet", "single-path", "joslim", "slim",
+                               "two-stage"}
     with pytest.raises(WidthSearchError, match="unknown strategy 'joslim-typo'"):
         build_strategy("joslim-typo")
     with pytest.raises(WidthSearchError, match="unknown option"):
         build_strategy("sandwich", k=3)
     for name, bad in [("cafenet", {"K": 0}), ("sandwich", {"distill": "yes"}),
-                      ("sandwich", {"n": -1}), ("uniform", {"min_ratio": 1.5}),
+                      ("sandwich", {"n": -1}), ("single-path", {"min_ratio": 1.5}),
                       ("cafenet", {"temperature": 0}), ("bcnet", {"distill": True,
                                                                   "max_width_step": False})]:
         with pytest.raises(WidthSearchError):
@@ -114,7 +115,7 @@ def test_registry_rejects_unknown_names_and_options() -> None:
     assert build_strategy("cafenet", K=4).K == 4
 
 
-@pytest.mark.parametrize("name", ["sandwich", "cafenet", "bcnet", "uniform"])
+@pytest.mark.parametrize("name", ["sandwich", "cafenet", "bcnet", "single-path"])
 def test_shared_options_are_checked_alike(name: str) -> None:
     for option, bad, message in [("uniform", 1, "option uniform must be true or false, got 1"),
                                  ("min_ratio", 0, r"option min_ratio must be a number in \(0, 1\]"),
@@ -284,8 +285,11 @@ def test_bcnet_trains_both_sides_then_the_complement_and_resumes() -> None:
         assert s.last_config == complementary(net.space, first)
     for name in net.space.names:
         group = net.space[name]
-        want = min(group.choices, key=lambda w, g=group: (abs(w - (g.size - first[name])), -w))
+        target = group.size - first[name] if first[name] < group.size else group.size
+        want = min(group.choices, key=lambda w, t=target: (abs(w - t), -w))
         assert strategy.last_config[name] == want
+        if group.slimmable and first[name] < group.size:
+            assert want == target  # drawn from the balanced widths: the complement is exact
     assert strategy.state_dict()["pending"] is None  # the next step draws a fresh width
     with pytest.raises(WidthSearchError):
         resumed.load_state_dict({"name": "cafenet"})
@@ -300,6 +304,8 @@ def test_complementary_widths() -> None:
     assert complementary(space, cfg)["layer3.0.conv1"] == 12
     cfg = space.validate({"layer3.0.conv1": 15})
     assert complementary(space, cfg)["layer3.0.conv1"] == 4  # 1 is below the range: snapped
+    cfg = space.validate({"layer3.0.conv1": 16})
+    assert complementary(space, cfg)["layer3.0.conv1"] == 16  # full width: its own complement
     assert complementary(space, space.max())["fc"] == 10  # fixed groups stay full
 
 
@@ -344,7 +350,82 @@ def test_min_min_with_distillation_compares_the_distillation_losses(max_width_st
 def test_single_path_with_random_choice() -> None:
     net = supernet("cafenet", 0.25)
     x, y = fashion_images(16)
-    strategy = build_strategy("uniform", random_choice=True, uniform=True)
+    strategy = build_strategy("single-path", random_choice=True, uniform=True)
     metrics = strategy.step(net, x, y, loss_fn=F.cross_entropy,
                             generator=torch.Generator().manual_seed(0))
     assert np.isfinite(metrics["loss"]) and strategy.last_config is not None
+
+
+def test_uniform_is_renamed_single_path() -> None:
+    with pytest.raises(WidthSearchError, match="now called 'single-path'"):
+        build_strategy("uniform")
+    from widthsearch.config import load_config
+
+    with pytest.raises(WidthSearchError, match="single-path"):
+        load_config({"strategy": {"name": "uniform"}, "supernet": {"pattern": "leftmost"}})
+
+
+class _DropoutNet(torch.nn.Module):
+    """Conv-BN-ReLU, dropout, classifier: dropout noise is large next to width effects."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Dropout(0.5))
+        self.head = torch.nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def test_cafenet_candidates_and_trained_pass_share_dropout_masks() -> None:
+    torch.manual_seed(0)
+    net = ws.Supernet(_DropoutNet(), torch.randn(1, 1, 28, 28), pattern="cafenet", divisions=8)
+    x, y = fashion_images(32)
+    strategy = build_strategy("cafenet", K=4, max_width_step=False)
+    for step in range(5):
+        net.zero_grad(set_to_none=True)
+        metrics = strategy.step(net, x, y, loss_fn=F.cross_entropy,
+                                generator=torch.Generator().manual_seed(step))
+        compared = strategy.last_losses[int(metrics["winner"])]
+        assert metrics["loss_min"] == pytest.approx(compared, abs=1e-6)  # the same masks
+        assert len(strategy.last_candidates) > 1
+    g = torch.get_rng_state()  # the step advanced the global stream as one forward does
+    assert not torch.equal(g, torch.manual_seed(0).get_state())
+
+
+@pytest.mark.parametrize("max_width_step", [True, False])
+def test_bcnet_uses_every_channel_equally_often(max_width_step: bool) -> None:
+    """Per-channel usage over many steps, from the channels each bilateral pass activated:
+    exactly 0.5 per pass; without the max-width step the full width is one of the pair
+    widths (it uses every channel), so usage is equal across channels, above 0.5."""
+    from widthsearch.patterns import Bilateral
+
+    net = supernet("bcnet", 0.25)
+    x, y = fashion_images(8)
+    passes: list[tuple[ws.WidthConfig, int]] = []
+    activate = net.activate
+
+    def recording(config=None, choice=None):  # noqa: ANN001, ANN202
+        if choice in (0, 1):
+            passes.append((net.space.validate(config), choice))
+        return activate(config, choice)
+
+    net.activate = recording  # type: ignore[method-assign]
+    strategy = build_strategy("bcnet", max_width_step=max_width_step)
+    g = torch.Generator()
+    for step in range(30):
+        strategy.step(net, x, y, loss_fn=F.cross_entropy, generator=g.manual_seed(step))
+    del net.activate
+    assert len(passes) == 60
+    pattern = Bilateral()
+    for group in net.space.searchable:
+        usage = torch.zeros(group.size, dtype=torch.float64)
+        for cfg, side in passes:
+            sides = pattern.choices(group.size, cfg[group.name])  # one at full width
+            usage[list(sides[min(side, len(sides) - 1)])] += 1
+        usage /= len(passes)
+        assert float(usage.max() - usage.min()) == 0.0, (group.name, usage.tolist())
+        if max_width_step:
+            assert usage.tolist() == pytest.approx([0.5] * group.size, abs=1e-12)

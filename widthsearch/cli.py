@@ -3,14 +3,20 @@
 Subcommands live in one table (`COMMANDS`): each is a function taking the parsed
 arguments and returning an exit code, registered with `@command(name, help, arguments)`
 where `arguments(parser)` declares its options. Adding a subcommand is one decorated
-function; `main` dispatches, and turns mistakes a user can make (a bad config, a missing
-file or dataset, an unknown model) into one `error: ...` line on stderr and exit code 2.
-Ctrl-C during training saves a checkpoint and exits 130.
+function; `main` dispatches, and turns every failure into one line on stderr:
+
+    exit 2    `error: ...`: a mistake a user can make (WidthSearchError: bad config, missing
+              file or dataset, unknown model, damaged or foreign checkpoint, a run locked by
+              another process) or an OS error (full disk, permissions)
+    exit 130  Ctrl-C (during training a checkpoint is saved first; also during start-up)
+    exit 1    `internal error: ...`: a bug; `--debug` (anywhere on the line) shows the
+              traceback of any failure instead
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 import warnings
@@ -29,6 +35,7 @@ __all__ = ["COMMANDS", "Command", "build_parser", "command", "main"]
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 1
 QUICKSTART_DIR = Path("runs/quickstart")
 
 
@@ -59,13 +66,22 @@ def command(name: str, help: str,
     return register
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too (the usage is one --help away)."""
+
+    def error(self, message: str) -> Any:  # argparse's hook; never returns
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="widthsearch",
         description="Find how many channels each layer of a CNN should keep under a budget.")
     parser.add_argument("--version", action="version", version=f"widthsearch {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a failure (may be given anywhere)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
@@ -77,29 +93,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line `argv` (default: sys.argv[1:]); returns the exit code."""
+    from ._startup import restore_interrupt
+
+    restore_interrupt()
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    args_list = [a for a in args_list if a != "--debug"]
+    try:
+        return _dispatch(args_list)
+    except BaseException as e:  # noqa: BLE001 (every failure becomes one line)
+        if debug and not isinstance(e, SystemExit):
+            raise
+        return _report(e)
+
+
+def _dispatch(argv: list[str]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, usage errors
         return e.code if isinstance(e.code, int) else EXIT_USAGE
-    from .train.trainer import TrainingInterrupted
+    return int(args._run(args))
 
-    try:
-        return int(args._run(args))
-    except TrainingInterrupted as e:
-        if e.run_dir is not None:
-            _err(f"interrupted at step {e.step}; checkpoint saved in {e.run_dir}. "
-                 f"Resume with: widthsearch train --resume {e.run_dir}")
+
+def _report(error: BaseException) -> int:
+    """Print `error` as one line and return the exit code it deserves."""
+    if isinstance(error, SystemExit):
+        return error.code if isinstance(error.code, int) else EXIT_USAGE
+    trainer = sys.modules.get("widthsearch.train.trainer")  # loaded if training ran
+    if trainer is not None and isinstance(error, trainer.TrainingInterrupted):
+        if error.run_dir is not None:
+            _err(f"interrupted at step {error.step}; checkpoint saved in {error.run_dir}. "
+                 f"Resume with: widthsearch train --resume {error.run_dir}")
         else:
-            _err(f"interrupted at step {e.step}")
+            _err(f"interrupted at step {error.step}")
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
+    if isinstance(error, KeyboardInterrupt):
         _err("interrupted; a run resumes from its last checkpoint with "
              "widthsearch train --resume RUN_DIR")
         return EXIT_INTERRUPTED
-    except (WidthSearchError, OSError, yaml.YAMLError) as e:
-        _err(f"error: {_one_line(e)}")
+    if isinstance(error, (WidthSearchError, OSError, yaml.YAMLError)):
+        message = _one_line(error)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            message += " (the disk is full; files written before are intact)"
+        _err(f"error: {message}")
         return EXIT_USAGE
+    if isinstance(error, MemoryError):
+        _err("error: out of memory; use a smaller data.batch_size or model")
+        return EXIT_USAGE
+    _err(f"internal error: {type(error).__name__}: {_one_line(error)} "
+         "(rerun with --debug for the traceback)")
+    return EXIT_INTERNAL
 
 
 def _err(message: str) -> None:
@@ -243,7 +287,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help='a zoo name (resnet20, ...) or "torchvision:<name>"')
+    p.add_argument("model", help='a zoo name (resnet20, ...), "torchvision:<name>", or a run '
+                                 "directory (shows where its supernet was trained)")
+    p.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE",
+                   help="with a run directory: mark this budget on the trained-cost plot")
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
                    help="example input (default: the model's own)")
     p.add_argument("--num-classes", type=int, help="classifier outputs (default: the model's)")
@@ -259,16 +306,25 @@ def _inspect_arguments(p: argparse.ArgumentParser) -> None:
 @command("inspect", "Show a model's channel groups, their allowed widths and its cost range.",
          _inspect_arguments)
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if Path(args.model).is_dir():
+        return _inspect_run(Path(args.model), args.budget)
     import torch
 
     from . import models
     from .supernet import Supernet
 
+    if args.divisions < 1:
+        raise WidthSearchError(f"--divisions must be at least 1, got {args.divisions}")
+    if not 0 < args.min_ratio <= 1:
+        raise WidthSearchError(f"--min-ratio must be in (0, 1], got {args.min_ratio}")
+    for flag, value in (("--num-classes", args.num_classes), ("--in-channels", args.in_channels)):
+        if value is not None and not 1 <= value <= 100_000:
+            raise WidthSearchError(f"{flag} must be between 1 and 100000, got {value}")
     in_channels = args.in_channels
     if args.input_size is not None:
         c, h, w = args.input_size
-        if min(args.input_size) < 1:
-            raise WidthSearchError(f"--input-size must be positive, got {c} {h} {w}")
+        if min(args.input_size) < 1 or max(args.input_size) > 8192:
+            raise WidthSearchError(f"--input-size must be between 1 and 8192, got {c} {h} {w}")
         if in_channels is not None and in_channels != c:
             raise WidthSearchError(f"--in-channels {in_channels} disagrees with --input-size C={c}")
         in_channels = c
@@ -322,6 +378,45 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_run(run_dir: Path, extra_budgets: Sequence[str]) -> int:
+    """Where a trained run's widths went: per-epoch quantiles of their cost, the share inside
+    each budget's 0.8-1.0 window, and RUN_DIR/trained_costs.png with the budgets marked."""
+    import numpy as np
+
+    from .runs import RunDir
+    from .search.budgets import parse_budget
+    from .train.costs import plot_trained_costs, share_in_window
+
+    run = RunDir.open(run_dir)
+    records = [r for r in run.metrics.read() if r.get("kind") == "trained_costs"]
+    if not records:
+        raise WidthSearchError(
+            f"{run_dir} records no trained widths yet (costs are recorded at the end of each "
+            "epoch)")
+    metric = records[0]["metric"]
+    specs = list((run.read_config().get("train") or {}).get("budgets") or []) + list(extra_budgets)
+    budgets = []
+    for spec in specs:
+        b = parse_budget(spec)
+        if b.metric == metric:
+            budgets.append((b.spec, b.fraction if b.fraction is not None
+                            else b.value / float(records[-1]["full"])))
+    table = Table(title=f"Widths trained in {run_dir} ({metric} / full model)")
+    for col in ("epoch", "widths", "1%", "median", "99%", *(s for s, _ in budgets)):
+        table.add_column(col, justify="right")
+    for r in records:
+        counts = np.asarray(r["counts"], dtype=np.float64)
+        cum = np.cumsum(counts) / max(counts.sum(), 1.0)
+        q = [(np.searchsorted(cum, p) + 0.5) / len(counts) for p in (0.01, 0.5, 0.99)]
+        shares = [share_in_window([r], metric, 0.8 * ratio, ratio) for _, ratio in budgets]
+        table.add_row(str(r.get("epoch")), str(int(counts.sum())), *(f"{v:.3f}" for v in q),
+                      *(f"{100 * (v or 0.0):.1f}%" for v in shares))
+    Console().print(table)
+    out = plot_trained_costs(records, run.path / "trained_costs.png", budgets)
+    print(f"wrote {out}")
+    return 0
+
+
 def _coverage_arguments(p: argparse.ArgumentParser) -> None:
     from .coverage import add_arguments
 
@@ -337,7 +432,166 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     return main_args(args)
 
 
+def _latency_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="RUN_DIR_OR_MODEL",
+                   help='a run directory, a zoo name (resnet20, ...) or "torchvision:<name>"')
+    p.add_argument("-o", "--output", required=True, help="where to write the table (JSON)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
+                   help="runtime to time (default: torch)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="torch device (default: cpu)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default: 1)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size timed (default: 1)")
+    p.add_argument("--samples", type=int, default=20,
+                   help="random configs whose exported models check the table (default: 20)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved rounds of the end-to-end checks (default: 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the checked configs")
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="a model's example input (default: the model's own)")
+    p.add_argument("--num-classes", type=int, help="classifier outputs (default: the model's)")
+    p.add_argument("--min-ratio", type=float, default=0.25, help="smallest width ratio")
+    p.add_argument("--divisions", type=int, default=16, help="about this many widths per group")
+    p.add_argument("--bins", action="store_true", help="the FLOPs-sensitive bin space")
+
+
+@command("latency-table", "Measure a per-layer latency lookup table for every width of a "
+         "supernet's space on this machine and report its error on exported models.",
+         _latency_arguments)
+def cmd_latency_table(args: argparse.Namespace) -> int:
+    import torch
+
+    from .search.latency import Target, measure_table
+
+    if args.samples < 0 or args.rounds < 1:
+        raise WidthSearchError("--samples must be >= 0 and --rounds >= 1")
+    target = Target(backend=args.backend, device=args.device, threads=args.threads,
+                    batch_size=args.batch_size)
+    source = Path(args.source)
+    if source.is_dir():
+        from .build import load_supernet
+
+        net = load_supernet(source).net
+    else:
+        from . import models
+        from .supernet import Supernet
+
+        c, h, w = args.input_size or models.default_input_size(args.source)
+        kwargs: dict[str, Any] = {"in_channels": c} if args.input_size else {}
+        if args.num_classes is not None:
+            kwargs["num_classes"] = args.num_classes
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = Supernet(models.get(args.source, **kwargs), torch.zeros(1, c, h, w),
+                           min_ratio=args.min_ratio, divisions=args.divisions)
+        if args.bins:
+            from .bins import apply_bins
+
+            apply_bins(net, min_ratio=args.min_ratio)
+    net.eval()
+    console = Console(stderr=True)
+    table = measure_table(net, target, samples=args.samples, rounds=args.rounds,
+                          seed=args.seed, progress=console.print)
+    path = table.save(args.output)
+    err = table.error
+    summary = (f"{path}: full width {table.full_latency * 1e3:.3f} ms, built in "
+               f"{table.build_seconds:.0f} s")
+    if err:
+        summary += (f"; on {err['samples']} exported models MAPE {err['mape'] * 100:.1f}%, "
+                    f"{err['within_10pct'] * 100:.0f}% within +-10%")
+    print(summary)
+    return 0
+def _search_arguments(p: argparse.ArgumentParser) -> None:
+    from .search.cli import add_arguments
+
+    add_arguments(p)
+
+
+@command("search", "Search the widths of a trained supernet under budgets; writes search/"
+         "front.json, chosen.json and front.png.", _search_arguments)
+def cmd_search(args: argparse.Namespace) -> int:
+    from .search.cli import run
+
+    return run(args)
+
+
+# ------------------------------------------------------------------------------ finetune, retrain
+
+
+def _finish_arguments(mode: str) -> Callable[[argparse.ArgumentParser], None]:
+    example = f"""examples:
+  widthsearch {mode} runs/cafenet --pick 0            # the first config of search/chosen.json
+  widthsearch {mode} runs/cafenet --config widths.json --name mine
+  widthsearch {mode} runs/cafenet --pick 1 --set optim.epochs=3 optim.lr=0.02
+  widthsearch {mode} runs/cafenet --pick 0            # again: resumes, or prints the result
+
+widths.json holds {{"group": width, ...}} or {{"config": {{...}}, "choice": {{...}}}}. The run
+goes to RUN_DIR/{mode}/NAME (default pick-K or the file's name); the TEST split is measured
+once, when training ends; the model is exported to exports/model.safetensors/.json/.onnx."""
+
+    def arguments(p: argparse.ArgumentParser) -> None:
+        p.formatter_class = argparse.RawDescriptionHelpFormatter
+        p.epilog = example
+        p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained supernet run")
+        which = p.add_mutually_exclusive_group(required=True)
+        which.add_argument("--pick", type=int, metavar="K",
+                           help="entry K of RUN_DIR/search/chosen.json (0 = the first)")
+        which.add_argument("--config", type=Path, metavar="JSON", help="a width config file")
+        p.add_argument("--name", help="sub-run name (default: pick-K or the file's stem)")
+        p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+",
+                       action="extend", default=[],
+                       help="override the sub-run's config, e.g. optim.epochs=3")
+        p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    return arguments
+
+
+def _finish(args: argparse.Namespace, mode: str) -> int:
+    from .finish import describe, finish
+    from .train.distributed import cleanup
+
+    try:
+        result = finish(args.run_dir, mode, pick=args.pick, config_file=args.config,  # type: ignore[arg-type]
+                        name=args.name, overrides=args.overrides,
+                        progress=False if args.no_progress else None)
+        if result:
+            print(describe(result))
+        return 0
+    finally:
+        cleanup()
+
+
+@command("finetune", "Fine-tune a searched width from the supernet's weights, test it once "
+         "and export it.", _finish_arguments("finetune"))
+def cmd_finetune(args: argparse.Namespace) -> int:
+    return _finish(args, "finetune")
+
+
+@command("retrain", "Retrain a searched width from scratch, test it once and export it.",
+         _finish_arguments("retrain"))
+def cmd_retrain(args: argparse.Namespace) -> int:
+    return _finish(args, "retrain")
+
+
 def _compact(values: Sequence[int]) -> str:
     if len(values) <= 6:
         return ", ".join(map(str, values))
     return f"{values[0]}, {values[1]}, ..., {values[-2]}, {values[-1]} ({len(values)} widths)"
+
+
+# ------------------------------------------------------------------------------ slimmable
+
+
+def _slimmable_arguments(p: argparse.ArgumentParser) -> None:
+    from .slimmable import add_arguments
+
+    add_arguments(p)
+
+
+@command("slimmable", "Build the run-time slimmable network of a trained run (joslim, slim, "
+         "two-stage): levels along the val accuracy-vs-cost front, one file, a plot.",
+         _slimmable_arguments)
+def cmd_slimmable(args: argparse.Namespace) -> int:
+    from .slimmable import main_args
+
+    return main_args(args)

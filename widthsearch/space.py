@@ -8,6 +8,7 @@ allowed width to every group; it is immutable so it can be hashed, cached and lo
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -15,6 +16,8 @@ import numpy as np
 import torch
 
 from .errors import WidthSearchError
+from .sampling import CostFn, MetricSource, as_cost_fn, check_target, cost_range, window_of
+from .sampling import sample_indices_at as _sample_indices_at
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,16 @@ def _compact(values: Sequence[int]) -> str:
     if len(values) <= 6:
         return ", ".join(map(str, values))
     return f"{values[0]}, {values[1]}, ..., {values[-2]}, {values[-1]} ({len(values)} widths)"
+
+
+def _is_integral(value: object) -> bool:
+    """Whole numbers only: 16.5 is refused rather than cut to 16."""
+    if not isinstance(value, numbers.Real):  # "16" is not a width, 16 and np.int64(16) are
+        return False
+    try:
+        return float(value) == int(value)
+    except (ValueError, OverflowError):
+        return False
 
 
 def default_choices(size: int, *, min_ratio: float, step: int) -> tuple[int, ...]:
@@ -201,10 +214,80 @@ class WidthSpace:
         u = torch.rand((n, len(self.groups)), generator=generator, dtype=torch.float64)
         return (u * counts).floor().long().clamp_max(counts.long() - 1).numpy()
 
+    def sample_at(
+        self,
+        cost: CostFn | MetricSource,
+        target: float,
+        tol: float = 0.02,
+        generator: torch.Generator | None = None,
+        *,
+        metric: str | None = None,
+        low: float | None = None,
+        high: float | None = None,
+        n: int | None = None,
+        strict: bool = True,
+    ) -> WidthConfig | list[WidthConfig]:
+        """A random configuration whose cost lies within `tol` (relative) of `target`.
+
+        `cost` maps an (n, groups) width array to n costs, or is a cost model priced with
+        `metric` (`space.sample_at(net.cost_model, 2e6, metric="macs")`). `low` / `high`
+        replace the symmetric window by [low * target, high * target] (CafeNet keeps
+        candidates within 0.8-1.0 of the budget: low=0.8, high=1.0). No rejection loop:
+        random per-group proportions, bisection on a common scale, a few one-step fixes
+        (see widthsearch.sampling). Deterministic for a generator; `n` draws a list at once.
+        """
+        idx = self.sample_indices_at(cost, target, tol, generator, metric=metric, low=low,
+                                     high=high, n=1 if n is None else n, strict=strict)
+        configs = [self.from_indices(row) for row in idx]
+        return configs[0] if n is None else configs
+
+    def sample_indices_at(
+        self,
+        cost: CostFn | MetricSource,
+        target: float,
+        tol: float = 0.02,
+        generator: torch.Generator | None = None,
+        *,
+        metric: str | None = None,
+        low: float | None = None,
+        high: float | None = None,
+        n: int = 1,
+        strict: bool = True,
+    ) -> np.ndarray:
+        """`sample_at` as choice indices, shape (n, groups), for searchers."""
+        if n < 1:
+            raise WidthSearchError(f"n must be a positive integer, got {n}")
+        fn = as_cost_fn(cost, metric)
+        check_target(float(target), cost_range(self, fn))
+        window = window_of(float(target), tol, low, high)
+        return _sample_indices_at(self, fn, window, n, generator, strict=strict)
+
+    def aligned(self, multiple: int) -> WidthSpace:
+        """A copy whose slimmable groups keep only widths that are multiples of `multiple`.
+
+        Hardware kernels run fastest on channel counts that are multiples of 8 or 16. A
+        group's full size stays allowed even when it is not a multiple (it is the model's
+        own width), so a group with no aligned width below its size becomes fixed in effect.
+        """
+        if int(multiple) != multiple or multiple < 1:
+            raise WidthSearchError(f"an alignment must be a positive integer, got {multiple}")
+        m = int(multiple)
+        groups = []
+        for g in self.groups:
+            if g.fixed or not g.slimmable:
+                groups.append(g)
+                continue
+            keep = tuple(w for w in g.choices if w % m == 0 or w == g.size) or g.choices[-1:]
+            groups.append(replace(g, choices=keep))
+        return WidthSpace(tuple(groups))
+
     def validate(self, config: Mapping[str, int]) -> WidthConfig:
         """The config as a WidthConfig; missing groups default to full width."""
         for name, width in config.items():
             group = self[name]
+            if isinstance(width, bool) or not _is_integral(width):
+                raise WidthSearchError(f"width {width!r} for group {name!r} is not a whole "
+                                       f"number of channels; allowed: {_compact(group.choices)}")
             if int(width) not in group.choices:
                 raise WidthSearchError(
                     f"width {width} is not allowed for group {name!r} "

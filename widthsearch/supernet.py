@@ -138,14 +138,22 @@ class Supernet(nn.Module):
         """Search and train over another space of the same groups (e.g. FLOPs-sensitive bins).
 
         Cached selections depend on each group's step, so they are dropped; the costs are
-        rebuilt over the new space and the full width is activated.
+        rebuilt over the new space (an attached latency table carried over when it covers
+        the new widths, else dropped with a warning) and the full width is activated.
         """
         if space.names != self.space.names:
             raise WidthSearchError("a new width space must have the same groups as the supernet")
+        table = getattr(self.cost_model, "latency_table", None)
         self.space = space
         self._selections.clear()
         self._composed.clear()
         self.cost_model = CostModel(self.graph, space, self.model, self.layers)
+        if table is not None:
+            try:
+                self.cost_model.attach_latency(table)
+            except WidthSearchError as err:
+                warnings.warn(f"the latency table no longer applies and is dropped: {err}",
+                              stacklevel=2)
         self.activate(space.max())
 
     @property

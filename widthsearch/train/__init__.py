@@ -10,15 +10,15 @@ from .strategies import (
     BCNet,
     CafeNet,
     Sandwich,
+    SinglePath,
     Strategy,
-    Uniform,
     build_strategy,
     complementary,
     identity,
 )
 
 __all__ = [
-    "STRATEGIES", "BCNet", "CafeNet", "Sandwich", "Strategy", "Uniform", "bn_state",
+    "STRATEGIES", "BCNet", "CafeNet", "Sandwich", "SinglePath", "Strategy", "bn_state",
     "build_strategy", "complementary", "distill_loss", "evaluate", "identity",
     "load_bn_state", "recalibrate_bn", "unwrap",
 ]

@@ -30,6 +30,7 @@ from ..patterns import Bilateral, LocallyFree
 from ..space import WidthConfig, WidthSpace
 from .bn import bn_state, load_bn_state, unwrap
 from .distill import distill_loss
+from .samplers import PerGroupWidths, WidthSampler
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ReduceMean = Callable[[torch.Tensor], torch.Tensor]
@@ -84,6 +85,10 @@ class Strategy(abc.ABC):
         self.options: dict[str, Any] = {**self.defaults, **options}
         self._validate()
         self.last_config: WidthConfig | None = None
+        self.sampler: WidthSampler = PerGroupWidths()
+        """Where the random widths aim (train.sampler); the Trainer sets it."""
+        self.trained: list[WidthConfig] = []
+        """Every width config trained since the caller last cleared it (for cost records)."""
 
     def _validate(self) -> None:  # noqa: B027  (optional hook: a strategy without options)
         """Check `self.options` and copy them into attributes."""
@@ -160,6 +165,7 @@ class Strategy(abc.ABC):
         still the label loss of the same logits (comparable across widths and strategies).
         """
         supernet.activate(config, choice)
+        self.trained.append(supernet.config)
         logits = net(x)
         label_loss = loss_fn(logits, y)
         trained = label_loss if teacher is None else distill_loss(logits, teacher, temperature)
@@ -167,14 +173,20 @@ class Strategy(abc.ABC):
         return label_loss.detach(), logits.detach()
 
 
+    def _sample(self, space: WidthSpace, generator: torch.Generator) -> WidthConfig:
+        """A random config: one ratio for all groups (`uniform`), or the sampler's draw."""
+        return _sample(space, generator, self.uniform, self.min_ratio, self.sampler)
+
+
 def _sample(space: WidthSpace, generator: torch.Generator, same_ratio: bool,
-            min_ratio: float | None) -> WidthConfig:
-    """A random config: one ratio for all groups, or each group's width drawn on its own."""
+            min_ratio: float | None, sampler: WidthSampler | None = None) -> WidthConfig:
+    """A random config: one ratio for all groups, or each group's width drawn on its own;
+    `sampler` (per-group widths by default) says where either aims."""
+    sampler = sampler or PerGroupWidths()
     if not same_ratio:
-        return space.sample(generator)
+        return sampler.sample(space, generator)
     low = _smallest_ratio(space) if min_ratio is None else min_ratio
-    u = float(torch.rand((), generator=generator, dtype=torch.float64))
-    return space.uniform(low + (1.0 - low) * u)
+    return sampler.sample_uniform(space, generator, low)
 
 
 def _smallest_ratio(space: WidthSpace) -> float:
@@ -209,7 +221,7 @@ class Sandwich(Strategy):
         loss_min, _ = self._train(net, supernet, space.min(), None, x, y, loss_fn, **opts)
         randoms = []
         for _ in range(self.n):
-            cfg = _sample(space, generator, self.uniform, self.min_ratio)
+            cfg = self._sample(space, generator)
             randoms.append(self._train(net, supernet, cfg, None, x, y, loss_fn, **opts)[0])
             self.last_config = cfg
         metrics = {"loss": float(loss_max), "loss_min": float(loss_min)}
@@ -218,11 +230,12 @@ class Sandwich(Strategy):
         return metrics
 
 
-class Uniform(Strategy):
+class SinglePath(Strategy):
     """Single path: one random width per step (per-group sampling, or one ratio with
-    `uniform`); `random_choice` also draws a random pattern assignment."""
+    `uniform`); `random_choice` also draws a random pattern assignment. (Not the uniform
+    width-multiplier baseline of the papers: that is a plain model trained at one width.)"""
 
-    name = "uniform"
+    name = "single-path"
     defaults: ClassVar[dict[str, Any]] = {"uniform": False, "min_ratio": None,
                                           "random_choice": False}
 
@@ -231,11 +244,27 @@ class Uniform(Strategy):
         self.random_choice = _check_bool("random_choice", self.options["random_choice"])
 
     def _step(self, net, supernet, x, y, loss_fn, generator, reduce_mean):  # type: ignore[no-untyped-def]
-        cfg = _sample(supernet.space, generator, self.uniform, self.min_ratio)
+        cfg = self._sample(supernet.space, generator)
         choice = supernet.sample_choice(cfg, generator) if self.random_choice else None
         loss, _ = self._train(net, supernet, cfg, choice, x, y, loss_fn)
         self.last_config = cfg
         return {"loss": float(loss)}
+
+
+class ForwardRng:
+    """The global RNG state (CPU, and the CUDA device's when the data is there) captured
+    once, to replay before each of several forwards: dropout masks, stochastic depth and
+    any other forward randomness are then the same in every one of them."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device if device.type == "cuda" else None
+        self.cpu_state = torch.get_rng_state()
+        self.cuda_state = torch.cuda.get_rng_state(self.cuda) if self.cuda is not None else None
+
+    def replay(self) -> None:
+        torch.set_rng_state(self.cpu_state)
+        if self.cuda is not None and self.cuda_state is not None:
+            torch.cuda.set_rng_state(self.cuda_state, self.cuda)
 
 
 class CafeNet(Strategy):
@@ -245,7 +274,10 @@ class CafeNet(Strategy):
     K candidate assignments of its free channels without gradients (the leftmost one, choice
     None, is always candidate 0; the others come from `net.sample_choice`; duplicates are
     dropped); average their losses across ranks with `reduce_mean` (called once, on the
-    stacked candidate losses); backpropagate only the lowest (ties: the earliest). The loss
+    stacked candidate losses); backpropagate only the lowest (ties: the earliest). The
+    global RNG state is captured once and replayed before every candidate and before the
+    trained pass, so all of them see the same dropout masks: the loss compared is the loss
+    backpropagated. The loss
     compared is the loss trained: the distillation loss with `distill`, else the label loss.
     Candidate forwards run in train mode (batch statistics, like the trained forward) and
     leave the BN running statistics untouched.
@@ -288,7 +320,7 @@ class CafeNet(Strategy):
                 teacher = net(x)
         teacher = teacher if self.distill else None
 
-        cfg = _sample(space, generator, self.uniform, self.min_ratio)
+        cfg = self._sample(space, generator)
         candidates: list[dict[str, int]] = [{}]
         for _ in range(self.K - 1):  # always K-1 draws: the generator advances the same way
             pick = {k: v for k, v in supernet.sample_choice(cfg, generator).items() if v}
@@ -296,15 +328,18 @@ class CafeNet(Strategy):
                 candidates.append(pick)
 
         snapshot = bn_state(supernet)
+        rng = ForwardRng(x.device)  # every candidate and the trained pass: the same masks
         losses = []
         with torch.no_grad():
             for pick in candidates:
+                rng.replay()
                 supernet.activate(cfg, pick)
                 losses.append(self._objective(net(x), y, loss_fn, teacher).detach())
         load_bn_state(supernet, snapshot)  # candidates must not move the running statistics
         reduced = reduce_mean(torch.stack(losses).float())
         winner = int(torch.argmin(reduced))
 
+        rng.replay()
         loss_min, _ = self._train(net, supernet, cfg, candidates[winner], x, y, loss_fn,
                                   teacher=teacher, temperature=self.temperature)
         self.last_config = cfg
@@ -317,22 +352,47 @@ class CafeNet(Strategy):
 
 
 def complementary(space: WidthSpace, config: Mapping[str, int]) -> WidthConfig:
-    """Per group n - c snapped to the nearest allowed width (ties: the wider)."""
+    """Per group n - c (the full width's complement is the full width), snapped to the
+    nearest allowed width (ties: the wider) when n - c is not allowed."""
     out = {}
     for g in space.groups:
-        target = g.size - config[g.name]
+        c = config[g.name]
+        target = g.size if c >= g.size else g.size - c
         out[g.name] = min(g.choices, key=lambda w, t=target: (abs(w - t), -w))
     return WidthConfig(out)
+
+
+def balanced_space(space: WidthSpace, include_full: bool) -> WidthSpace:
+    """The widths c of each group whose complement n - c is allowed too (plus n itself with
+    `include_full`: the full width uses every channel, so it stays balanced on its own).
+
+    A bilateral pair at c uses channel i once if i < c and once if i >= n - c; with the pair
+    at n - c the two steps use every channel exactly twice of four passes. Training only such
+    pairs keeps every channel's usage at exactly 0.5; a width whose complement is not allowed
+    (above n minus the smallest width) would leave the middle channels under-trained. A group
+    with no such width keeps all its widths (its complements are then snapped).
+    """
+    choices = {}
+    for g in space.searchable:
+        allowed = set(g.choices)
+        keep = [w for w in g.choices if w < g.size and g.size - w in allowed]
+        if include_full:
+            keep.append(g.size)
+        if keep:
+            choices[g.name] = keep
+    return space.with_choices(choices)
 
 
 class BCNet(Strategy):
     """BCNet bilateral training (bilateral pattern).
 
     Per step a width config c is trained with its left channels (choice 0) and its right
-    channels (choice 1), loss 0.5 each, so every channel is trained equally often; the next
-    step trains the complementary config (per group n - c, snapped to an allowed width),
-    then a fresh random one, and so on. With `max_width_step` the max width is trained too
-    (and with `distill` the bilateral pair learns from its logits).
+    channels (choice 1), loss 0.5 each; the next step trains the complementary config (per
+    group n - c), then a fresh random one, and so on. c is drawn from `balanced_space`, so
+    every complement is exact and every channel is trained equally often (usage 0.5 per
+    bilateral pass). With `max_width_step` the max width is trained too (and with `distill`
+    the bilateral pair learns from its logits); without it the full width is one of the
+    widths a pair may take.
     """
 
     name = "bcnet"
@@ -348,6 +408,12 @@ class BCNet(Strategy):
         if self.distill and not self.max_width_step:
             raise WidthSearchError("bcnet: distill needs max_width_step (the max width teaches)")
         self.pending: WidthConfig | None = None
+        self._balanced: tuple[WidthSpace, WidthSpace] | None = None
+
+    def _pair_space(self, space: WidthSpace) -> WidthSpace:
+        if self._balanced is None or self._balanced[0] is not space:
+            self._balanced = (space, balanced_space(space, not self.max_width_step))
+        return self._balanced[1]
 
     def _step(self, net, supernet, x, y, loss_fn, generator, reduce_mean):  # type: ignore[no-untyped-def]
         space = supernet.space
@@ -359,8 +425,9 @@ class BCNet(Strategy):
         if self.pending is not None:
             cfg, self.pending = space.validate(self.pending), None
         else:
-            cfg = _sample(space, generator, self.uniform, self.min_ratio)
-            self.pending = complementary(space, cfg)
+            pairs = self._pair_space(space)
+            cfg = space.validate(self._sample(pairs, generator))
+            self.pending = complementary(pairs, cfg)
         opts = {"teacher": teacher, "weight": 0.5, "temperature": self.temperature}
         left, _ = self._train(net, supernet, cfg, 0, x, y, loss_fn, **opts)
         right, _ = self._train(net, supernet, cfg, 1, x, y, loss_fn, **opts)
@@ -380,12 +447,20 @@ class BCNet(Strategy):
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Sandwich, CafeNet, BCNet, Uniform)
+    cls.name: cls for cls in (Sandwich, CafeNet, BCNet, SinglePath)
 }
+RENAMED = {"uniform": "single-path"}
+"""Old strategy names -> their new names (an old name is an error that says the new one)."""
+from . import joslim as _joslim  # noqa: E402,F401  (registers joslim, slim, two-stage)
 
 
 def build_strategy(name: str, **options: Any) -> Strategy:
     """The strategy registered as `name` with `options` (unknown names / options raise)."""
+    if name in RENAMED:
+        raise WidthSearchError(
+            f"the strategy {name!r} is now called {RENAMED[name]!r} (it trains one random "
+            f"width per step, not the uniform width multiplier); use strategy.name="
+            f"{RENAMED[name]}")
     try:
         cls = STRATEGIES[name]
     except KeyError:

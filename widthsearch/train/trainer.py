@@ -10,9 +10,11 @@ The research logic (which widths a step trains, with which losses) lives in a St
     per log step:   a "train" record in metrics.jsonl (and TensorBoard if installed)
     every N steps:  an atomic checkpoint (model, optimizer, scheduler, strategy, RNGs,
                     data position) that loads with torch.load(weights_only=True)
-    per epoch:      val loss / accuracy at the max, middle and min widths after BN
-                    recalibration (BN buffers restored afterwards), an "epoch" record
-                    and a checkpoint
+    per epoch:      val loss / accuracy at the max, middle and min widths, scored as
+                    search scores them (`evaluate.Evaluator`: BN recalibration on clean
+                    training images, per-pattern assignments; BN buffers restored
+                    afterwards; the configs sharded over ranks), an "epoch" record and
+                    a checkpoint
 
 A run killed at any point resumes from its newest checkpoint with `Trainer.resume(run_dir)`
 and ends with exactly the weights of an uninterrupted run (DESIGN invariant 5). Ctrl-C (or
@@ -47,16 +49,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .. import models
-from ..bins import apply_bins
+from ..build import build_run_data, build_supernet, write_space
 from ..config import RunConfig, load_config
-from ..data import DataBundle, FolderLoader, TensorLoader, build_data, example_input
-from ..errors import WidthSearchError
-from ..patterns import LocallyFree, Pattern
-from ..runs import RunDir, capture_rng_state, restore_rng_state
+from ..data import DataBundle
+from ..errors import CheckpointError, NumericsError, RunError, WidthSearchError
+from ..evaluate import Evaluator
+from ..runs import RunDir, capture_rng_state, config_identity, restore_rng_state
+from ..seeds import SEED_STEP, derive_seed
 from ..space import WidthConfig
 from ..supernet import Supernet
-from .bn import evaluate
+from .costs import TrainedCosts
 from .distributed import (
     DistInfo,
     all_reduce_mean,
@@ -66,6 +68,9 @@ from .distributed import (
     broadcast_module,
     init_distributed,
 )
+from .numerics import non_finite_report
+from .outputs import AuxLoss, MainLogits
+from .samplers import build_sampler
 from .strategies import build_strategy, identity
 
 __all__ = [
@@ -73,7 +78,7 @@ __all__ = [
     "build_scheduler", "derive_seed", "lr_factor", "step_generator",
 ]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 EVAL_WIDTHS = ("max", "mid", "min")
 """The widths evaluated after every epoch: full, every group near half, every group minimal."""
 RESUME_OVERRIDABLE = {
@@ -82,22 +87,19 @@ RESUME_OVERRIDABLE = {
     "train.eval_max_batches", "data.root", "data.workers",
 }
 """Settings a resumed run may change: they do not change what the run computes."""
-
-_SEED_STEP, _SEED_SHUFFLE, _SEED_RECAL = 0, 1, 2
-
+RESUME_ADJUSTABLE = {"optim.lr", "optim.grad_clip"}
+"""Settings a resumed run may change on purpose (after a divergence, say): the new value
+applies from the resumed step on, config.yaml keeps it and metrics.jsonl records the change
+("config_change"). Every other setting changes what the steps so far meant."""
+_CHECKPOINT_KEYS = ("format", "step", "total_steps", "identity", "model", "optimizer",
+                    "scheduler", "strategy", "train_loader", "rng")
 
 # ------------------------------------------------------------------------------ seeds, schedule
 
 
-def derive_seed(seed: int, *keys: int) -> int:
-    """A well-mixed 63-bit seed from (seed, keys...), e.g. (run seed, purpose, step)."""
-    state = np.random.SeedSequence([int(seed), *(int(k) for k in keys)]).generate_state(2)
-    return (int(state[0]) << 31 ^ int(state[1])) & (2**63 - 1)
-
-
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The generator of step `step`: the same on every rank and after a resume."""
-    return torch.Generator().manual_seed(derive_seed(seed, _SEED_STEP, step))
+    return torch.Generator().manual_seed(derive_seed(seed, SEED_STEP, step))
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -286,16 +288,20 @@ class Trainer:
             which joins the torchrun job if there is one).
         console: where progress and summaries go (rank 0 only).
         progress: show the progress bar (default: when the console is a terminal).
+        build_net: builds the supernet from (config, data) instead of `build.build_supernet`
+            (finishing trains an exported subnet this way); give the same one to `resume`.
     """
 
     def __init__(self, config: RunConfig | Mapping[str, Any] | str | Path,
                  run_dir: str | Path | None = None, *, dist: DistInfo | None = None,
                  console: Console | None = None, progress: bool | None = None,
+                 build_net: Callable[[RunConfig, DataBundle], Supernet] | None = None,
                  _existing: RunDir | None = None) -> None:
         self.config = config if isinstance(config, RunConfig) else load_config(config)
         cfg = self.config
-        if run_dir is not None and _existing is None and RunDir(run_dir).config_path.exists():
-            raise WidthSearchError(f"{run_dir} already holds a run; resume it (widthsearch "
+        if (run_dir is not None and _existing is None and RunDir(run_dir).config_path.exists()
+                and not RunDir(run_dir).is_unstarted()):
+            raise RunError(f"{run_dir} already holds a run; resume it (widthsearch "
                                    f"train --resume {run_dir}) or choose another directory")
         self.dist = dist if dist is not None else init_distributed(cfg.train.device)
         self.device = self.dist.device
@@ -307,17 +313,27 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         _seed_everything(cfg.train.seed)
 
+        self._build_net = build_net
         self.data = self._build_data()
         self.net = self._build_supernet()
+        self._evaluator: Evaluator | None = None
         self.strategy = build_strategy(cfg.strategy.name, **cfg.strategy.options)
         self.strategy.check(self.net)
+        self.strategy.sampler = build_sampler(cfg.train.sampler, self.net.cost_model,
+                                              self.net.space, budgets=cfg.train.budgets,
+                                              metric=cfg.train.sampler_metric)
+        self.trained_costs = TrainedCosts(self.net.cost_model, cfg.train.sampler_metric)
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.net, cfg)
         self.steps_per_epoch = len(self.data.train)
         self.total_steps = cfg.optim.epochs * self.steps_per_epoch
+        if hasattr(self.strategy, "attach"):  # strategies that re-score widths on val (joslim)
+            self.strategy.attach(total_steps=self.total_steps, val=self.data.val)
         self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.warmup_steps)
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        self.train_net = MainLogits(self.net)
+        self.loss_fn = AuxLoss(nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
+                               self.train_net)
         self.precision = _Precision(cfg.train.amp, self.device, self.net)
         self.reduce_mean = all_reduce_mean if self.dist.distributed else identity
 
@@ -327,11 +343,17 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self._epoch_losses: list[float] = []
         self._train_losses: list[float] = []
+        self._disk_state: tuple[str, ...] = ()
+        """The checkpoint files on disk when this trainer took the run: a fit refuses to
+        write over a run another process moved on since."""
 
         if _existing is not None:
             self.run: RunDir | None = _existing
         elif run_dir is not None:
             self.run = RunDir.create(run_dir, cfg.to_dict(), rank=self.dist.rank)
+            self.run.lock.acquire()
+            if self.dist.is_main:
+                write_space(self.run, self.net)  # what load_supernet reads back
             barrier()
         else:
             self.run = None
@@ -339,43 +361,17 @@ class Trainer:
 
     # -- construction ------------------------------------------------------------------------
     def _build_data(self) -> DataBundle:
-        """Loaders on this rank's device. The val split is drawn with data.split_seed (the
-        seed build_data receives); the train loader is then reseeded from train.seed, so
-        changing the run seed changes the batch order but not which images are val."""
-        d = self.config.data
-        bundle = build_data(d.name, d.root, batch_size=d.batch_size, val_size=d.val_size,
-                            seed=d.split_seed, subset=d.subset, val_subset=d.val_subset,
-                            augment=d.augment, image_size=d.image_size, workers=d.workers,
-                            rank=self.dist.rank, world_size=self.dist.world_size,
-                            device=self.device)
-        if bundle.train.generator is not None:
-            bundle.train.generator.manual_seed(derive_seed(self.config.train.seed, _SEED_SHUFFLE))
+        """The run's loaders on this rank's device (`build.build_run_data`); the test split
+        is replaced by a guard that refuses to be read."""
+        bundle = build_run_data(self.config, rank=self.dist.rank,
+                                world_size=self.dist.world_size, device=self.device)
         return dataclasses.replace(bundle, test=_NoTestSplit())  # type: ignore[arg-type]
 
     def _build_supernet(self) -> Supernet:
-        cfg, m = self.config, self.config.model
-        kwargs = dict(m.kwargs)
-        for key in ("num_classes", "in_channels"):
-            if key in kwargs:
-                raise WidthSearchError(f"set model.{key}, not model.kwargs.{key}")
-        if m.num_classes is not None and m.num_classes < self.data.num_classes:
-            raise WidthSearchError(f"model.num_classes={m.num_classes} but {self.data.name} "
-                                   f"has {self.data.num_classes} classes")
-        kwargs["num_classes"] = m.num_classes or self.data.num_classes
-        kwargs["in_channels"] = m.in_channels or self.data.in_channels
-        if kwargs["in_channels"] != self.data.in_channels:
-            raise WidthSearchError(f"model.in_channels={kwargs['in_channels']} but "
-                                   f"{self.data.name} images have {self.data.in_channels}")
-        model = models.get(m.name, **kwargs)
-        s = cfg.supernet
-        pattern: str | Pattern = LocallyFree(s.r) if s.pattern == "cafenet" else s.pattern
-        with warnings.catch_warnings():
-            if not self.dist.is_main:  # discovery warnings once, not once per rank
-                warnings.simplefilter("ignore")
-            net = Supernet(model, example_input(self.data), pattern=pattern,
-                           min_ratio=s.min_ratio, divisions=s.divisions)
-        if s.bins:
-            apply_bins(net, min_ratio=s.min_ratio, min_bin=s.min_bin, max_bin=s.max_bin)
+        if self._build_net is not None:
+            net = self._build_net(self.config, self.data)
+        else:
+            net = build_supernet(self.config, self.data, quiet=not self.dist.is_main)
         net.to(self.device)
         broadcast_module(net)  # identical start on every rank (seeded alike anyway)
         return net
@@ -393,7 +389,8 @@ class Trainer:
     @classmethod
     def resume(cls, run_dir: str | Path, *, overrides: Sequence[str] = (),
                dist: DistInfo | None = None, console: Console | None = None,
-               progress: bool | None = None) -> Trainer:
+               progress: bool | None = None,
+               build_net: Callable[[RunConfig, DataBundle], Supernet] | None = None) -> Trainer:
         """Rebuild the run in `run_dir` from its config.yaml and newest checkpoint.
 
         `overrides` may change only settings that do not change the computation
@@ -401,23 +398,95 @@ class Trainer:
         A run without a checkpoint yet starts from step 0.
         """
         probe = RunDir.open(run_dir)
+        allowed = RESUME_OVERRIDABLE | RESUME_ADJUSTABLE
         for text in overrides:
             key = text.partition("=")[0].strip()
-            if key not in RESUME_OVERRIDABLE:
+            if key not in allowed:
                 raise WidthSearchError(
                     f"cannot change {key} when resuming (it would change the run); allowed: "
-                    + ", ".join(sorted(RESUME_OVERRIDABLE)))
+                    + ", ".join(sorted(allowed)))
+        original = load_config(probe.read_config())
         config = load_config(probe.read_config(), overrides)
+        changes = {key: (old, new) for key in sorted(RESUME_ADJUSTABLE)
+                   if (old := _get(original, key)) != (new := _get(config, key))}
         if dist is None:
             dist = init_distributed(config.train.device)
         run = RunDir.open(run_dir, rank=dist.rank)
-        trainer = cls(config, dist=dist, console=console, progress=progress, _existing=run)
-        if run.latest_checkpoint() is None:
-            run.metrics.truncate_after(0)
-        else:
-            trainer.load_state(run.load_checkpoint())
+        run.lock.acquire()
+        try:
+            trainer = cls(config, dist=dist, console=console, progress=progress,
+                          build_net=build_net, _existing=run)
+            latest = run.latest_checkpoint()
+            if latest is None:
+                if run.has_results():
+                    raise RunError(
+                        f"{run.path} has results (supernet.safetensors, an evaluated epoch "
+                        "or exports) but its checkpoints are gone; refusing to train it "
+                        "again over them: restore checkpoints/ or start a new run")
+                run.metrics.truncate_after(0)
+            else:
+                run.load_checkpoint(accept=lambda state, path: trainer._accept(state, path))
+                trainer._disk_state = trainer._checkpoint_names()
+            if "optim.lr" in changes:
+                trainer._set_base_lr(config.optim.lr)
+            run.update_config(config.to_dict(), changes, trainer.step)
+        except BaseException:
+            run.lock.release()
+            raise
         barrier()
         return trainer
+
+    def _accept(self, state: Mapping[str, Any], path: Path) -> None:
+        """Load `state` if it is a checkpoint of this run, else raise CheckpointError."""
+        missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+        if missing:
+            raise CheckpointError(f"{path} lacks {', '.join(missing)}: not a training "
+                                  "checkpoint of this widthsearch version")
+        if state["identity"] != self.identity():
+            raise CheckpointError(f"{path} belongs to another run (its model, data or "
+                                  "training settings differ from this run's config.yaml)")
+        try:
+            self.load_state(state)
+        except WidthSearchError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as e:
+            detail = " ".join(str(e).split())[:300]
+            raise CheckpointError(f"{path} does not fit this run "
+                                  f"({type(e).__name__}: {detail})") from None
+
+    def identity(self) -> str:
+        """The hash of this run's config without the settings a resume may change."""
+        return config_identity(self.config.to_dict(), RESUME_OVERRIDABLE | RESUME_ADJUSTABLE)
+
+    def _set_base_lr(self, lr: float) -> None:
+        """A new base learning rate from the current step on (same schedule shape)."""
+        factor = lr_factor(self.step, self.total_steps, self.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = lr
+            group["lr"] = lr * factor
+        self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
+
+    def _checkpoint_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.run.list_checkpoints()) if self.run else ()
+
+    def _advice(self) -> str:
+        """What to do after non-finite values, as commands that work as printed."""
+        lower = f"{self.config.optim.lr / 10:g}"
+        if self.run is None:
+            return f"Lower optim.lr (e.g. optim.lr={lower}) or set optim.grad_clip=1.0."
+        newest = self.run.latest_checkpoint()
+        if newest is None:
+            return (f"No checkpoint was written yet; start again with a lower learning rate "
+                    f"(--run-dir {self.run.path} can be reused): --set optim.lr={lower}")
+        return (f"The last finite checkpoint is {newest.name}; continue from it with a lower "
+                f"learning rate: widthsearch train --resume {self.run.path} --set "
+                f"optim.lr={lower} (or --set optim.grad_clip=1.0)")
+
+    def close(self) -> None:
+        """Release the run directory for other processes (fit does so when it returns)."""
+        if self.run is not None:
+            while self.run.lock.held:
+                self.run.lock.release()
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -429,6 +498,7 @@ class Trainer:
         """Everything a resume needs, as tensors and plain values (weights_only-loadable)."""
         return {
             "format": CHECKPOINT_FORMAT,
+            "identity": self.identity(),
             "step": self.step,
             "epoch": self.epoch,
             "total_steps": self.total_steps,
@@ -438,6 +508,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "strategy": self.strategy.state_dict(),
+            "trained_costs": self.trained_costs.state_dict(),
             "scaler": self.precision.state_dict(),
             "train_loader": self.data.train.state_dict(),
             "rng": capture_rng_state(),
@@ -459,6 +530,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.strategy.load_state_dict(state["strategy"])
+        self.trained_costs.load_state_dict(state.get("trained_costs"))
         self.precision.load_state_dict(state.get("scaler"))
         self.data.train.load_state_dict(state["train_loader"])
         self.step = int(state["step"])
@@ -466,16 +538,19 @@ class Trainer:
         self.val = {k: dict(v) for k, v in state.get("val", {}).items()}
         self._epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
         self._train_losses = [float(v) for v in state.get("train_losses", [])]
-        if self.run is not None:
-            self.run.metrics.truncate_after(self.step)
         restore_rng_state(state["rng"])
 
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0; other ranks return None)."""
         if self.run is None:
             return None
+        problems = non_finite_report(self.net, self.optimizer)
+        if problems:
+            raise NumericsError(f"step {self.step}: non-finite {problems}; not saved. "
+                                + self._advice())
         path = self.run.save_checkpoint(self.state_dict(), self.step,
                                         keep=self.config.train.keep_checkpoints)
+        self._disk_state = self._checkpoint_names()
         self.last_checkpoint = path if path is not None else self.run.checkpoint_path(self.step)
         return path
 
@@ -489,7 +564,25 @@ class Trainer:
         stop_at = self.total_steps if max_steps is None else min(self.total_steps, max_steps)
         start_step, start_time = self.step, time.perf_counter()
         if self.finished or self.step >= stop_at:
+            self.close()
             return self._result(start_step, start_time)
+        if self.run is None:
+            return self._fit(stop_at, start_step, start_time)
+        self.run.lock.acquire()
+        try:
+            on_disk = self._checkpoint_names()
+            if self.dist.is_main and on_disk != self._disk_state:
+                raise RunError(f"{self.run.path} changed since this trainer loaded it (another "
+                               "process trained it); resume it again")
+            for path in self.run.list_checkpoints():
+                if _checkpoint_step(path) > self.step:  # skipped as unusable on resume
+                    path.replace(path.with_name(path.name + ".unusable"))
+            self.run.metrics.truncate_after(self.step)
+            return self._fit(stop_at, start_step, start_time)
+        finally:
+            self.close()
+
+    def _fit(self, stop_at: int, start_step: int, start_time: float) -> FitResult:
         is_main = self.dist.is_main
         if self.run is not None and is_main:
             self.run.metrics.log(kind="start", step=self.step, resumed=self.step > 0,
@@ -545,13 +638,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         generator = step_generator(self.config.train.seed, self.step)
         with self.precision.autocast():
-            metrics = self.strategy.step(self.net, x, y, loss_fn=self.loss_fn,
+            metrics = self.strategy.step(self.train_net, x, y, loss_fn=self.loss_fn,
                                          generator=generator, reduce_mean=self.reduce_mean)
+        self.trained_costs.add(self.strategy.trained)
+        self.strategy.trained.clear()
         if not math.isfinite(metrics["loss"]):
-            raise WidthSearchError(
-                f"training diverged at step {self.step} (loss {metrics['loss']}); lower "
-                "optim.lr or set optim.grad_clip, then resume from the last checkpoint "
-                "or start a new run")
+            raise NumericsError(f"training diverged at step {self.step + 1} (loss "
+                                f"{metrics['loss']}). " + self._advice())
         if self.dist.distributed:
             average_gradients(self.params)
             average_buffers(self.net)
@@ -578,15 +671,17 @@ class Trainer:
         self._epoch_losses = []
         self._train_losses.append(epoch_loss)
         started = time.perf_counter()
-        if self.dist.is_main:
-            self.val = self.evaluate_widths()
+        self.val = self.evaluate_widths()  # every rank: the configs are sharded over ranks
         barrier()
         if self.step >= self.total_steps:
             self.finished = True
+        trained_costs = self.trained_costs.flush()
         if self.run is not None and self.dist.is_main:
             self.run.metrics.log(kind="epoch", step=self.step, epoch=self.epoch,
                                  train_loss=epoch_loss, lr=self._lr(),
                                  eval_seconds=time.perf_counter() - started, val=self.val)
+            self.run.metrics.log(kind="trained_costs", step=self.step, epoch=self.epoch,
+                                 **trained_costs)
         if self._tb is not None:
             for label, m in self.val.items():
                 self._tb.add_scalar(f"val/{label}_accuracy", m["accuracy"], self.step)
@@ -616,13 +711,7 @@ class Trainer:
         """The final supernet weights as safetensors (plain tensors, no pickle)."""
         if self.run is None or not self.dist.is_main:
             return
-        from safetensors.torch import save
-
-        from ..runs import atomic_write_bytes
-
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        atomic_write_bytes(self.run.path / "supernet.safetensors",
-                           save(tensors, metadata={"step": str(self.step)}))
+        self.run.save_supernet_weights(self.net.state_dict(), self.step)
 
     # -- evaluation --------------------------------------------------------------------------
     def eval_configs(self) -> dict[str, WidthConfig]:
@@ -630,35 +719,35 @@ class Trainer:
         space = self.net.space
         return {"max": space.max(), "mid": space.uniform(0.5), "min": space.min()}
 
+    @property
+    def evaluator(self) -> Evaluator:
+        """The val scorer, built once (it keeps the recalibration batches in memory)."""
+        if self._evaluator is None:
+            t = self.config.train
+            self._evaluator = Evaluator(
+                self.net, self.data.recal, self.data.val, recal_batches=t.eval_recal_batches,
+                val_batches=t.eval_max_batches, seed=t.seed, device=self.device)
+        return self._evaluator
+
     def evaluate_widths(self) -> dict[str, dict[str, float]]:
-        """Val loss / accuracy at each of `eval_configs()` (leftmost channels), after BN
-        recalibration on training images; BN statistics and RNGs are left as they were."""
-        t = self.config.train
+        """Val loss / accuracy at each of `eval_configs()`, scored as search scores them
+        (`Evaluator`: BN recalibration on clean training batches; CafeNet the best of its
+        free assignments, BCNet the mean of both sides). BN statistics, widths and RNGs
+        are left as they were. Every rank must call it (the configs are sharded)."""
         full = self.net.cost(self.net.space.max())
-        results = {}
+        evaluator = self.evaluator
+        evaluator.clear()  # the weights changed since the last evaluation
+        configs = self.eval_configs()
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            for label, cfg in self.eval_configs().items():
-                m = evaluate(self.net, cfg, None, self.data.val, t.eval_recal_batches,
-                             self._recal_loader(), t.eval_max_batches, loss_fn=None)
-                cost = self.net.cost(cfg)
-                results[label] = {"loss": m["loss"], "accuracy": m["accuracy"],
-                                  "macs": float(cost.macs),
-                                  "macs_ratio": cost.macs / full.macs if full.macs else 0.0}
+            scores = evaluator.evaluate(list(configs.values()))
+        results = {}
+        for (label, cfg), score in zip(configs.items(), scores, strict=True):
+            cost = self.net.cost(cfg)
+            results[label] = {"loss": score.loss, "accuracy": score.accuracy,
+                              "macs": float(cost.macs),
+                              "macs_ratio": cost.macs / full.macs if full.macs else 0.0}
         return results
-
-    def _recal_loader(self) -> TensorLoader | FolderLoader:
-        """Training images for BN recalibration, in a fixed order and without augmentation,
-        so every evaluation recalibrates on the same batches and the training loader's
-        position is untouched."""
-        train = self.data.train
-        generator = torch.Generator().manual_seed(derive_seed(self.config.train.seed, _SEED_RECAL))
-        if isinstance(train, TensorLoader):
-            return TensorLoader(train.images, train.labels, train.batch_size, shuffle=True,
-                                augment=False, generator=generator, device=self.device,
-                                mean=self.data.mean, std=self.data.std)
-        return FolderLoader(train.dataset, train.batch_size, shuffle=True, generator=generator,
-                            device=self.device, workers=train.workers)
 
     # -- output ------------------------------------------------------------------------------
     def _progress_bar(self) -> Progress:
@@ -683,6 +772,16 @@ class Trainer:
             steps_per_second=done / elapsed if done and elapsed > 0 else 0.0,
             checkpoint=self.last_checkpoint or (self.run.latest_checkpoint() if self.run else None),
         )
+
+
+def _checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint's file name (step-000000120.pt -> 120)."""
+    return int(path.stem.rpartition("-")[2])
+
+
+def _get(config: RunConfig, key: str) -> Any:
+    section, _, field = key.partition(".")
+    return getattr(getattr(config, section), field)
 
 
 def _seed_everything(seed: int) -> None:
