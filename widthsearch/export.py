@@ -86,6 +86,7 @@ def save(module: nn.Module, path: str | Path, *, metadata: dict[str, Any] | None
     weights.parent.mkdir(parents=True, exist_ok=True)
     spec = dict(getattr(module, "widthsearch_spec", {}) or {})
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    state.update(_derived_buffers(module, spec.get("shapes", {})))
     save_safetensors_verified(weights, _dedupe_shared(state))
     _, saved_meta = load_safetensors_verified(weights, damaged=ExportError)
     record = {
@@ -101,6 +102,43 @@ def save(module: nn.Module, path: str | Path, *, metadata: dict[str, Any] | None
     }
     atomic_write_text(sidecar, json.dumps(record, indent=2, sort_keys=True))
     return weights
+
+
+DERIVED = "derived:"
+"""Key prefix of the non-persistent buffers of resized layers (a blur filter per channel):
+a state dict leaves them out, and the full-size model would rebuild them at its own width."""
+
+
+def _derived_buffers(module: nn.Module, shapes: dict[str, Any]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name in shapes:
+        layer = module.get_submodule(name) if name else module
+        for buf in layer._non_persistent_buffers_set:
+            value = layer._buffers.get(buf)
+            if value is not None:
+                out[f"{DERIVED}{name}.{buf}" if name else f"{DERIVED}{buf}"] = \
+                    value.detach().contiguous().cpu()
+    return out
+
+
+def _load_derived(model: nn.Module, derived: dict[str, torch.Tensor], weights: Path) -> None:
+    """Fill resized layers' non-persistent buffers from the export."""
+    with torch.no_grad():
+        for key, value in derived.items():
+            owner, _, buf = key[len(DERIVED):].rpartition(".")
+            try:
+                layer = model.get_submodule(owner) if owner else model
+            except AttributeError:
+                raise ExportError(f"{weights} holds a buffer for {owner!r}, which the rebuilt "
+                                  "model does not have") from None
+            if buf not in layer._non_persistent_buffers_set or layer._buffers.get(buf) is None:
+                raise ExportError(f"{weights} holds {key[len(DERIVED):]!r}, which is no derived "
+                                  "buffer of the rebuilt model")
+            if tuple(layer._buffers[buf].shape) != tuple(value.shape):
+                raise ExportError(f"{weights}: {key[len(DERIVED):]} has shape "
+                                  f"{list(value.shape)}, the rebuilt layer "
+                                  f"{list(layer._buffers[buf].shape)}")
+            layer._buffers[buf] = value.to(layer._buffers[buf].dtype).clone()
 
 
 def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -247,6 +285,7 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     if expected is not None and meta.get(SAFETENSORS_DIGEST_KEY) != expected:
         raise ExportError(f"{weights} is not the weights file {sidecar.name} was saved with "
                           "(their checksums differ)")
+    derived = {k: state.pop(k) for k in [k for k in state if k.startswith(DERIVED)]}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches: torch lists each on its own line
@@ -259,6 +298,7 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
             f"{weights} does not fit the rebuilt model (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]})"
         )
+    _load_derived(model, derived, weights)
     model.widthsearch_spec = {
         "name": record["model"], "kwargs": record["model_kwargs"],
         "width_config": record["width_config"], "choice": record["choice"],
