@@ -100,7 +100,8 @@ def test_loss_falls(name: str) -> None:
 
 
 def test_registry_rejects_unknown_names_and_options() -> None:
-    assert set(STRATEGIES) == {"sandwich", "cafenet", "bcnet", "single-path"}
+    assert set(STRATEGIES) == {"sandwich", "cafenet", "bcnet", "single-path", "joslim", "slim",
+                               "two-stage"}
     with pytest.raises(WidthSearchError, match="unknown strategy 'joslim-typo'"):
         build_strategy("joslim-typo")
     with pytest.raises(WidthSearchError, match="unknown option"):

@@ -10,11 +10,13 @@ from .errors import WidthSearchError  # noqa: E402
 from .evaluate import Evaluator, Score  # noqa: E402
 from .export import load, save, to_onnx  # noqa: E402
 from .search import search_widths  # noqa: E402
+from .slimmable import SlimmableNet, load_slimmable  # noqa: E402
 from .space import ChannelGroup, WidthConfig, WidthSpace  # noqa: E402
 from .supernet import Supernet  # noqa: E402
 
 __all__ = [
     "ChannelGroup", "Cost", "CostModel", "Evaluator", "LoadedRun", "Score", "Supernet",
-    "WidthConfig", "WidthSearchError", "WidthSpace", "discover", "load", "load_supernet",
-    "models", "patterns", "register_rule", "save", "search_widths", "to_onnx",
+    "SlimmableNet", "WidthConfig", "WidthSearchError", "WidthSpace", "discover", "load",
+    "load_slimmable", "load_supernet", "models", "patterns", "register_rule", "save",
+    "search_widths", "to_onnx",
 ]

@@ -412,3 +412,21 @@ def _compact(values: Sequence[int]) -> str:
     if len(values) <= 6:
         return ", ".join(map(str, values))
     return f"{values[0]}, {values[1]}, ..., {values[-2]}, {values[-1]} ({len(values)} widths)"
+
+
+# ------------------------------------------------------------------------------ slimmable
+
+
+def _slimmable_arguments(p: argparse.ArgumentParser) -> None:
+    from .slimmable import add_arguments
+
+    add_arguments(p)
+
+
+@command("slimmable", "Build the run-time slimmable network of a trained run (joslim, slim, "
+         "two-stage): levels along the val accuracy-vs-cost front, one file, a plot.",
+         _slimmable_arguments)
+def cmd_slimmable(args: argparse.Namespace) -> int:
+    from .slimmable import main_args
+
+    return main_args(args)

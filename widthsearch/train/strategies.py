@@ -439,6 +439,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 RENAMED = {"uniform": "single-path"}
 """Old strategy names -> their new names (an old name is an error that says the new one)."""
+from . import joslim as _joslim  # noqa: E402,F401  (registers joslim, slim, two-stage)
 
 
 def build_strategy(name: str, **options: Any) -> Strategy:

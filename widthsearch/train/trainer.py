@@ -310,6 +310,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.net, cfg)
         self.steps_per_epoch = len(self.data.train)
         self.total_steps = cfg.optim.epochs * self.steps_per_epoch
+        if hasattr(self.strategy, "attach"):  # strategies that re-score widths on val (joslim)
+            self.strategy.attach(total_steps=self.total_steps, val=self.data.val)
         self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.warmup_steps)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
