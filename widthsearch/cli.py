@@ -430,3 +430,23 @@ def cmd_slimmable(args: argparse.Namespace) -> int:
     from .slimmable import main_args
 
     return main_args(args)
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                   help="a run directory (training, search, finishing, slimmable results)")
+    p.add_argument("--title", help="the report's title (default: the run directory's name)")
+    p.epilog = "example: widthsearch report runs/quickstart   (writes report.md, report.html)"
+
+
+@command("report", "Write report.md and one self-contained report.html (plots inlined) "
+         "from whatever a run directory holds.", _report_arguments)
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    paths = write_report(args.run_dir, title=args.title)
+    print(f"wrote {paths['html']} and {paths['markdown']}")
+    return 0
