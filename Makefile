@@ -37,6 +37,7 @@ coverage: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_core.py --out bench/results/core.json
 	$(PY) bench/bench_train.py --out bench/results/train.json
+	$(PY) bench/bench_latency.py --out bench/results/latency.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -176,6 +176,14 @@ def test_bad_arguments_raise() -> None:
         Evaluator(net, recal, val, max_choices=0)
     with pytest.raises(WidthSearchError, match="recal_loader"):
         Evaluator(net, None, val, recal_batches=2)
+    with pytest.raises(WidthSearchError, match="must not see the val"):
+        Evaluator(net, val, val)
+    from widthsearch.data import TensorLoader
+
+    augmented = TensorLoader(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(4), 2,
+                             augment=True)
+    with pytest.raises(WidthSearchError, match="augments"):
+        Evaluator(net, augmented, val)
     with pytest.raises(WidthSearchError, match="empty val"):
         Evaluator(net, recal, [], recal_batches=1)
     with pytest.raises(WidthSearchError, match="not allowed"):
@@ -207,7 +215,7 @@ _WORKER = """
         mine = ev.evaluated
         out.append({"pattern": pattern, "evaluated": mine,
                     "scores": [[s.config.to_dict(), s.accuracy, s.loss, s.choice,
-                                [[c, a, l] for c, a, l in s.per_choice]] for s in first + scores]})
+                                [list(p) for p in s.per_choice]] for s in first + scores]})
     with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
         json.dump(out, f)
     dist.destroy_process_group()
@@ -216,7 +224,7 @@ _WORKER = """
 
 def _as_json(scores: list) -> list:
     return [[s.config.to_dict(), s.accuracy, s.loss, s.choice,
-             [[c, a, l] for c, a, l in s.per_choice]] for s in scores]
+             [list(p) for p in s.per_choice]] for s in scores]
 
 
 def test_two_gloo_ranks_shard_and_equal_one_process(tmp_path) -> None:  # noqa: ANN001

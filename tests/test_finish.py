@@ -88,15 +88,15 @@ def test_finetune_tests_once_and_exports(parent: Path, monkeypatch: pytest.Monke
 
 def test_interrupted_finishing_resumes_to_the_same_model(parent: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    args = {"overrides": ["optim.epochs=2"], "console": quiet(), "progress": False}
+    args = {"overrides": ["optim.epochs=1"], "console": quiet(), "progress": False}
     whole = FIN.finish(parent, "retrain", pick=1, name="whole", **args)
     fit = Trainer.fit
-    monkeypatch.setattr(Trainer, "fit", lambda self, max_steps=None: fit(self, max_steps=3))
+    monkeypatch.setattr(Trainer, "fit", lambda self, max_steps=None: fit(self, max_steps=2))
     assert FIN.finish(parent, "retrain", pick=1, name="cut", **args) == {}
     assert not (parent / "retrain" / "cut" / "result.json").exists()
     monkeypatch.setattr(Trainer, "fit", fit)
     resumed = FIN.finish(parent, "retrain", pick=1, name="cut", **args)
-    assert resumed["steps"] == whole["steps"] == 8
+    assert resumed["steps"] == whole["steps"] == 4
     a = ws.load(parent / "retrain" / "whole" / "exports" / "model")
     b = ws.load(parent / "retrain" / "cut" / "exports" / "model")
     assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import widthsearch_classes
 from test_trainer import make, tiny_config, write_tiny_fashion
 
 import widthsearch as ws
 from widthsearch.cli import main
-from widthsearch.dynamic import DynamicModule
 from widthsearch.errors import WidthSearchError
 from widthsearch.slimmable import load_slimmable, make_slimmable, peel, save_slimmable
 
@@ -28,6 +28,11 @@ def joslim_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base / "run"
 
 
+@pytest.fixture(scope="module")
+def built(joslim_run: Path) -> ws.SlimmableNet:
+    return make_slimmable(joslim_run, recal_batches=2)
+
+
 def test_peel_takes_fronts_until_the_top_of_the_cost_range() -> None:
     losses = np.array([1.0, 2.0, 3.0, 1.5, 2.5, 0.5])
     costs = np.array([5.0, 3.0, 1.0, 6.0, 3.5, 9.0])
@@ -39,8 +44,9 @@ def test_peel_takes_fronts_until_the_top_of_the_cost_range() -> None:
     assert 5 in peel(losses2, costs, min_fronts=1).tolist()
 
 
-def test_run_yields_one_file_whose_levels_switch_exactly(joslim_run: Path, tmp_path: Path) -> None:
-    slim = make_slimmable(joslim_run, recal_batches=2)
+def test_run_yields_one_file_whose_levels_switch_exactly(built: ws.SlimmableNet,
+                                                         tmp_path: Path) -> None:
+    slim = built
     path = save_slimmable(slim, tmp_path / "net.safetensors")
     loaded = load_slimmable(path)
     levels = loaded.levels
@@ -62,7 +68,7 @@ def test_run_yields_one_file_whose_levels_switch_exactly(joslim_run: Path, tmp_p
         with torch.no_grad():
             y = loaded(x)
             plain = loaded.export(i).eval()
-            assert not any(isinstance(m, DynamicModule) for m in plain.modules())
+            assert widthsearch_classes(plain) == []
             assert torch.allclose(y, plain(x), atol=1e-5)
             assert loaded.level == i  # export restores the active level
         outputs.append(y)
@@ -83,8 +89,8 @@ def test_run_yields_one_file_whose_levels_switch_exactly(joslim_run: Path, tmp_p
     assert record["format"] == "widthsearch-slimmable/1" and len(record["levels"]) == len(levels)
 
 
-def test_budgets_pick_the_best_level_that_fits(joslim_run: Path, tmp_path: Path) -> None:
-    slim = make_slimmable(joslim_run, recal_batches=1, val_batches=1)
+def test_budgets_pick_the_best_level_that_fits(built: ws.SlimmableNet, tmp_path: Path) -> None:
+    slim = built
     levels = slim.levels
     assert slim.set_budget(macs=levels[-1].costs["macs"]) == len(levels) - 1
     assert slim.set_budget(macs=levels[0].costs["macs"]) == 0

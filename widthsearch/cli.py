@@ -227,7 +227,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help='a zoo name (resnet20, ...) or "torchvision:<name>"')
+    p.add_argument("model", help='a zoo name (resnet20, ...), "torchvision:<name>", or a run '
+                                 "directory (shows where its supernet was trained)")
+    p.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE",
+                   help="with a run directory: mark this budget on the trained-cost plot")
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
                    help="example input (default: the model's own)")
     p.add_argument("--num-classes", type=int, help="classifier outputs (default: the model's)")
@@ -243,6 +246,8 @@ def _inspect_arguments(p: argparse.ArgumentParser) -> None:
 @command("inspect", "Show a model's channel groups, their allowed widths and its cost range.",
          _inspect_arguments)
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if Path(args.model).is_dir():
+        return _inspect_run(Path(args.model), args.budget)
     import torch
 
     from . import models
@@ -306,6 +311,45 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_run(run_dir: Path, extra_budgets: Sequence[str]) -> int:
+    """Where a trained run's widths went: per-epoch quantiles of their cost, the share inside
+    each budget's 0.8-1.0 window, and RUN_DIR/trained_costs.png with the budgets marked."""
+    import numpy as np
+
+    from .runs import RunDir
+    from .search.budgets import parse_budget
+    from .train.costs import plot_trained_costs, share_in_window
+
+    run = RunDir.open(run_dir)
+    records = [r for r in run.metrics.read() if r.get("kind") == "trained_costs"]
+    if not records:
+        raise WidthSearchError(
+            f"{run_dir} records no trained widths yet (costs are recorded at the end of each "
+            "epoch)")
+    metric = records[0]["metric"]
+    specs = list((run.read_config().get("train") or {}).get("budgets") or []) + list(extra_budgets)
+    budgets = []
+    for spec in specs:
+        b = parse_budget(spec)
+        if b.metric == metric:
+            budgets.append((b.spec, b.fraction if b.fraction is not None
+                            else b.value / float(records[-1]["full"])))
+    table = Table(title=f"Widths trained in {run_dir} ({metric} / full model)")
+    for col in ("epoch", "widths", "1%", "median", "99%", *(s for s, _ in budgets)):
+        table.add_column(col, justify="right")
+    for r in records:
+        counts = np.asarray(r["counts"], dtype=np.float64)
+        cum = np.cumsum(counts) / max(counts.sum(), 1.0)
+        q = [(np.searchsorted(cum, p) + 0.5) / len(counts) for p in (0.01, 0.5, 0.99)]
+        shares = [share_in_window([r], metric, 0.8 * ratio, ratio) for _, ratio in budgets]
+        table.add_row(str(r.get("epoch")), str(int(counts.sum())), *(f"{v:.3f}" for v in q),
+                      *(f"{100 * (v or 0.0):.1f}%" for v in shares))
+    Console().print(table)
+    out = plot_trained_costs(records, run.path / "trained_costs.png", budgets)
+    print(f"wrote {out}")
+    return 0
+
+
 def _coverage_arguments(p: argparse.ArgumentParser) -> None:
     from .coverage import add_arguments
 
@@ -320,6 +364,75 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     return main_args(args)
 
 
+def _latency_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="RUN_DIR_OR_MODEL",
+                   help='a run directory, a zoo name (resnet20, ...) or "torchvision:<name>"')
+    p.add_argument("-o", "--output", required=True, help="where to write the table (JSON)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
+                   help="runtime to time (default: torch)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="torch device (default: cpu)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default: 1)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size timed (default: 1)")
+    p.add_argument("--samples", type=int, default=20,
+                   help="random configs whose exported models check the table (default: 20)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved rounds of the end-to-end checks (default: 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the checked configs")
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="a model's example input (default: the model's own)")
+    p.add_argument("--num-classes", type=int, help="classifier outputs (default: the model's)")
+    p.add_argument("--min-ratio", type=float, default=0.25, help="smallest width ratio")
+    p.add_argument("--divisions", type=int, default=16, help="about this many widths per group")
+    p.add_argument("--bins", action="store_true", help="the FLOPs-sensitive bin space")
+
+
+@command("latency-table", "Measure a per-layer latency lookup table for every width of a "
+         "supernet's space on this machine and report its error on exported models.",
+         _latency_arguments)
+def cmd_latency_table(args: argparse.Namespace) -> int:
+    import torch
+
+    from .search.latency import Target, measure_table
+
+    if args.samples < 0 or args.rounds < 1:
+        raise WidthSearchError("--samples must be >= 0 and --rounds >= 1")
+    target = Target(backend=args.backend, device=args.device, threads=args.threads,
+                    batch_size=args.batch_size)
+    source = Path(args.source)
+    if source.is_dir():
+        from .build import load_supernet
+
+        net = load_supernet(source).net
+    else:
+        from . import models
+        from .supernet import Supernet
+
+        c, h, w = args.input_size or models.default_input_size(args.source)
+        kwargs: dict[str, Any] = {"in_channels": c} if args.input_size else {}
+        if args.num_classes is not None:
+            kwargs["num_classes"] = args.num_classes
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = Supernet(models.get(args.source, **kwargs), torch.zeros(1, c, h, w),
+                           min_ratio=args.min_ratio, divisions=args.divisions)
+        if args.bins:
+            from .bins import apply_bins
+
+            apply_bins(net, min_ratio=args.min_ratio)
+    net.eval()
+    console = Console(stderr=True)
+    table = measure_table(net, target, samples=args.samples, rounds=args.rounds,
+                          seed=args.seed, progress=console.print)
+    path = table.save(args.output)
+    err = table.error
+    summary = (f"{path}: full width {table.full_latency * 1e3:.3f} ms, built in "
+               f"{table.build_seconds:.0f} s")
+    if err:
+        summary += (f"; on {err['samples']} exported models MAPE {err['mape'] * 100:.1f}%, "
+                    f"{err['within_10pct'] * 100:.0f}% within +-10%")
+    print(summary)
+    return 0
 def _search_arguments(p: argparse.ArgumentParser) -> None:
     from .search.cli import add_arguments
 

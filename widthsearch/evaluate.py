@@ -11,8 +11,9 @@ test). How the pattern's channel assignments enter the score:
 - bcnet (Bilateral): the mean of the left and the right assignment (accuracy and loss).
 
 Work is batched: the recalibration batches (and the val batches, when they fit in memory)
-are read once and kept, the BN statistics are snapshotted once per `evaluate` call, and
-results are cached by (config, choice) in a bounded LRU. Under torch.distributed every
+are read once and kept; each subnet is exported once (a plain model with its own copy of
+the BN statistics, so the supernet is never modified) and then recalibrated and scored at
+the speed of the plain model; results are cached by (config, choice) in a bounded LRU. Under torch.distributed every
 rank calls `evaluate` with the same configs; each scores a disjoint shard, and one
 all-reduce of the (config, candidate) score table gives every rank the full result, equal
 to one process's.
@@ -36,7 +37,7 @@ from .patterns import Bilateral
 from .seeds import SEED_EVAL, derive_seed, mapping_key
 from .space import WidthConfig
 from .supernet import Supernet
-from .train.bn import bn_state, load_bn_state, recalibrate_bn, unwrap
+from .train.bn import recalibrate_module, unwrap
 
 __all__ = ["Evaluator", "Score", "candidate_choices"]
 
@@ -134,6 +135,12 @@ class Evaluator:
             raise WidthSearchError(f"cache_size must be >= 0, got {cache_size}")
         if recal_batches > 0 and recal_loader is None:
             raise WidthSearchError("recal_batches > 0 needs a recal_loader of training batches")
+        if recal_loader is not None and recal_loader is val_loader:
+            raise WidthSearchError("BN recalibration must not see the val split: pass training "
+                                   "batches (DataBundle.recal) as recal_loader")
+        if getattr(recal_loader, "augment", False):
+            raise WidthSearchError("the recal_loader augments its images; recalibrate on clean "
+                                   "training images (DataBundle.recal)")
         self.net = unwrap(net)
         self.device = torch.device(device)
         self.net.to(self.device)
@@ -158,8 +165,8 @@ class Evaluator:
         return self.evaluate([config])[0]
 
     def evaluate(self, configs: Sequence[Mapping[str, int]]) -> list[Score]:
-        """Scores of `configs`, in order. Leaves the supernet's BN statistics, active
-        widths and train/eval modes as they were."""
+        """Scores of `configs`, in order. The supernet's BN statistics, active widths and
+        train/eval modes are left as they were (each subnet is scored as its export)."""
         cfgs = [self.net.space.validate(c) for c in configs]
         unique = list(dict.fromkeys(cfgs))
         candidates = {c: candidate_choices(self.net, c, self.max_choices, self.seed)
@@ -185,37 +192,28 @@ class Evaluator:
     # -- scoring -----------------------------------------------------------------------------
     def _score_all(self, work: list[tuple[WidthConfig, dict[str, int]]]
                    ) -> dict[tuple[WidthConfig, tuple[tuple[str, int], ...]], tuple[float, float]]:
-        net = self.net
-        snapshot = bn_state(net) if self._recal else None
-        modes = {m: m.training for m in net.modules()}
-        previous = (net.config, net.choice)
         out = {}
-        try:
-            with self._bar(len(work)) as (bar, task):
-                for config, choice in work:
-                    out[(config, _choice_key(choice))] = self._score_one(config, choice)
-                    self.evaluated += 1
-                    bar.advance(task)
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
-            if snapshot is not None:
-                load_bn_state(net, snapshot)
-            net.activate(*previous)
+        with self._bar(len(work)) as (bar, task):
+            for config, choice in work:
+                out[(config, _choice_key(choice))] = self._score_one(config, choice)
+                self.evaluated += 1
+                bar.advance(task)
         return out
 
     def _score_one(self, config: WidthConfig, choice: dict[str, int]) -> tuple[float, float]:
-        """(accuracy, loss) of one subnet. Recalibration replaces the active channels'
-        statistics entirely (its first batch resets them), so the result does not depend
-        on what was scored before."""
-        net = self.net
+        """(accuracy, loss) of one subnet, run as its export: the plain model computes what
+        the supernet computes at (config, choice) (export equivalence), without slicing
+        weights in every forward, and recalibrating its copy of the BN statistics leaves
+        the supernet's untouched. The first recalibration batch replaces the statistics,
+        so the result does not depend on what was scored before."""
+        sub = self.net.export(config, choice or None).to(self.device)
         if self._recal:
-            recalibrate_bn(net, config, choice or None, self._recal, len(self._recal))
-        net.eval()
+            recalibrate_module(sub, self._recal, len(self._recal))
+        sub.eval()
         total_loss, correct, seen = 0.0, 0, 0
-        with torch.no_grad(), net.activate(config, choice or None):
+        with torch.no_grad():
             for x, y in self._val_iter():
-                logits = net(x)
+                logits = sub(x)
                 total_loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
                 correct += int((logits.argmax(dim=1) == y).sum())
                 seen += len(y)

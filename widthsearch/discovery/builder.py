@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
 
+import torch
 import torch.fx as fx
 
 from .records import GroupLayout, Layout, Mix, Part
@@ -37,7 +38,10 @@ class _Builder:
         self.module_out: dict[str, Layout] = {}
         self.bindings: dict[str, tuple[str, Layout, Layout]] = {}
         self.layers: list[tuple[str, str, Traced, Traced, int, int, int]] = []
-        self.ops: list[tuple[str, list[Traced]]] = []
+        self.ops: list[tuple[str, list[Traced], tuple[int | None, ...]]] = []
+        self.buffer_of: dict[int, int] = {}  # id(Traced) -> storage id, for tensor lifetimes
+        self.buffer_ptr: list[int] = []  # storage id -> its data pointer when it was made
+        self.output_buffers: tuple[int, ...] | None = None
         self.unknown: dict[str, str] = {}
         self.fixed_macs: list[tuple[str, float]] = []
         self.parameters: dict[str, tuple[int, Layout]] = {}  # name -> (axis, layout)
@@ -270,6 +274,24 @@ class _Builder:
             entries = table.setdefault(self.find(s), [])
             if name not in entries:
                 entries.append(name)
+
+    def note_buffers(self, inputs: list[Traced], pairs: list[tuple[Traced, torch.Tensor]]
+                     ) -> None:
+        """Give an op's outputs (`pairs` of described and real values) storage ids: an
+        output whose storage is an input's (a view, an in-place result) shares that input's
+        id, any other gets a new one. Only the op's own inputs are compared, so a freed
+        pointer reused later is no alias."""
+        ids = [self.buffer_of.get(id(t)) for t in inputs]
+        by_ptr = {self.buffer_ptr[i]: i for i in ids if i is not None and self.buffer_ptr[i]}
+        for t, value in pairs:
+            ptr = value.untyped_storage().data_ptr() if value.numel() else 0
+            bid = by_ptr.get(ptr) if ptr else None
+            if bid is None:
+                bid = len(self.buffer_ptr)
+                self.buffer_ptr.append(ptr)
+                if ptr:
+                    by_ptr[ptr] = bid
+            self.buffer_of[id(t)] = bid
 
     def resolve(self, arg: Any) -> Any:
         if isinstance(arg, fx.Node):

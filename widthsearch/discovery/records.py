@@ -110,6 +110,9 @@ class OpRecord:
 
     name: str
     tensors: tuple[TensorInfo, ...]
+    # per tensor, the storage it lives in (views and in-place results share their base's;
+    # None for constants): the cost model derives tensor lifetimes from these
+    buffers: tuple[int | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ class ChannelGraph:
     params_total: int
     parameters: dict[str, ParamBinding] = field(default_factory=dict)
     fixed_macs: list[MacRecord] = field(default_factory=list)
+    output_buffers: tuple[int, ...] = ()  # the storages the model returns (alive to the end)
 
 
 def describe_groups(groups: Iterable[GroupInfo]) -> str:

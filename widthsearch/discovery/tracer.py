@@ -109,6 +109,15 @@ class _Recorder(fx.Interpreter):
         return result
 
 
+def _paired(traced: Any, value: Any) -> list[tuple[Traced, torch.Tensor]]:
+    """(Traced, tensor) pairs of a node's described result and its real value."""
+    if isinstance(traced, Traced) and isinstance(value, torch.Tensor):
+        return [(traced, value)]
+    if isinstance(traced, (list, tuple)) and isinstance(value, (list, tuple)):
+        return [p for t, v in zip(traced, value, strict=False) for p in _paired(t, v)]
+    return []
+
+
 def _describe(value: Any, layout: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return Traced(tuple(value.shape), layout if isinstance(layout, Layout) else None)
@@ -129,16 +138,21 @@ def _apply_rule(b: _Builder, node: fx.Node, result: Any) -> Any:
     if node.op == "placeholder":
         if isinstance(result, torch.Tensor) and result.dim() >= 2:
             sid = b.new_space(result.shape[1], "input", fixed="the model input")
-            return Traced(tuple(result.shape), Layout(1, (sid,)))
-        return _describe(result, None)
+            traced = Traced(tuple(result.shape), Layout(1, (sid,)))
+        else:
+            traced = _describe(result, None)
+        b.note_buffers([], _paired(traced, result))
+        return traced
     if node.op == "get_attr":
         if isinstance(result, torch.Tensor):
             return Traced(tuple(result.shape), None, constant=str(node.target))
         return result
     if node.op == "output":
-        for t in _flatten(b.resolve(node.args)):
-            if isinstance(t, Traced):
-                b.fix(t.layout, "the model output")
+        returned = [t for t in _flatten(b.resolve(node.args)) if isinstance(t, Traced)]
+        for t in returned:
+            b.fix(t.layout, "the model output")
+        if b.output_buffers is None:  # the inference graph's (recorded first)
+            b.output_buffers = tuple(b.buffer_of[id(t)] for t in returned if id(t) in b.buffer_of)
         return None
 
     module = b.gm.get_submodule(node.target) if node.op == "call_module" else None
@@ -168,8 +182,10 @@ def _apply_rule(b: _Builder, node: fx.Node, result: Any) -> Any:
         layout = rule(ctx)
     traced = _describe(result, layout)
     outputs = [t for t in _flatten(traced) if isinstance(t, Traced)]
+    b.note_buffers(inputs, _paired(traced, result))
     if outputs and (inputs or module is not None):
-        b.ops.append((ctx.name, inputs + outputs))
+        tensors = inputs + outputs
+        b.ops.append((ctx.name, tensors, tuple(b.buffer_of.get(id(t)) for t in tensors)))
     return traced
 
 
@@ -303,7 +319,8 @@ def _finish(b: _Builder, model: nn.Module) -> ChannelGraph:
         LayerRecord(name, kind, traced(x), traced(y), positions, kernel, groups_)
         for name, kind, x, y, positions, kernel, groups_ in b.layers
     ]
-    ops = [OpRecord(name, tuple(traced(t) for t in tensors)) for name, tensors in b.ops]
+    ops = [OpRecord(name, tuple(traced(t) for t in tensors), buffers)
+           for name, tensors, buffers in b.ops]
     parameters = {}
     for pname, (axis, layout) in b.parameters.items():
         glayout = b.group_layout(layout, names)
@@ -329,9 +346,9 @@ def _finish(b: _Builder, model: nn.Module) -> ChannelGraph:
         msgs.append(
             f"widthsearch has no channel rule for: {listed}; the channels they touch stay at "
             f"full width (groups: {', '.join(fixed_groups) or 'none'}). Register a rule with "
-            "widthsearch.graph.register_rule to slim them."
+            "widthsearch.discovery.register_rule to slim them."
         )
         warnings.warn(msgs[-1], stacklevel=3)
     params_total = sum(p.numel() for p in model.parameters())
     return ChannelGraph(groups, bindings, layers, ops, msgs, params_total, parameters,
-                        fixed_macs)
+                        fixed_macs, b.output_buffers or ())

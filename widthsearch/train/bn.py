@@ -17,7 +17,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..dynamic import DynamicModule
 from ..errors import WidthSearchError
 
 if TYPE_CHECKING:
@@ -47,13 +46,10 @@ def _device(net: nn.Module) -> torch.device:
 def bn_modules(net: nn.Module) -> Iterator[tuple[str, nn.Module, nn.Module]]:
     """(name, module holding the buffers, module holding momentum) for every batch norm.
 
-    A dynamic BN shares its buffers with its template (kept outside the module tree), and
-    its forward reads the template's momentum and eps.
+    A sliced BN keeps its own class (dynamic.py), so both are the module itself.
     """
     for name, module in unwrap(net).named_modules():
-        if isinstance(module, DynamicModule) and module.kind == "batchnorm":
-            yield name, module, module.template
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
             yield name, module, module
 
 
@@ -62,7 +58,7 @@ def bn_state(net: nn.Module) -> dict[str, torch.Tensor]:
     state = {}
     for name, module, _ in bn_modules(net):
         for buf in _BUFFERS:
-            value = getattr(module, buf, None)
+            value = module._buffers.get(buf)  # full size: the attribute is the active slice
             if value is not None:
                 state[f"{name}.{buf}"] = value.detach().clone()
     return state
@@ -74,7 +70,7 @@ def load_bn_state(net: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, module, _ in bn_modules(net):
             for buf in _BUFFERS:
-                value = getattr(module, buf, None)
+                value = module._buffers.get(buf)  # full size: the attribute is the active slice
                 if value is None:
                     continue
                 key = f"{name}.{buf}"
@@ -98,27 +94,43 @@ def recalibrate_bn(net: nn.Module, config: Mapping[str, int] | None = None,
     dropout), no gradients are taken, and the modes, momenta and active widths are restored
     afterwards. `batches` yields `(x, y)` (or x alone). Returns the batches used.
     """
+    supernet = unwrap(net)
+    norms = [(m, owner) for _, m, owner in bn_modules(supernet)]
+    with supernet.activate(config, choice):
+        return _recalibrate(supernet, norms, batches, num_batches)
+
+
+def recalibrate_module(module: nn.Module, batches: Iterable[Any] = (),
+                       num_batches: int = 1) -> int:
+    """`recalibrate_bn` for a plain module (an exported subnet): its BN statistics become
+    the cumulative average over up to `num_batches` batches; modes and momenta restored."""
+    norms = [(m, m) for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return _recalibrate(module, norms, batches, num_batches)
+
+
+def _recalibrate(root: nn.Module, norms: list[tuple[nn.Module, nn.Module]],
+                 batches: Iterable[Any], num_batches: int) -> int:
+    """The shared recalibration loop over `norms` (module with buffers, module with momentum)."""
     if num_batches < 1:
         raise WidthSearchError(f"num_batches must be >= 1, got {num_batches}")
-    supernet = unwrap(net)
-    modes = {m: m.training for m in supernet.modules()}
-    norms = [(m, owner) for _, m, owner in bn_modules(supernet)
+    modes = {m: m.training for m in root.modules()}
+    norms = [(m, owner) for m, owner in norms
              if owner.track_running_stats and getattr(m, "running_mean", None) is not None]
     momenta = [owner.momentum for _, owner in norms]
-    device = _device(supernet)
+    device = _device(root)
     used = 0
     try:
-        supernet.eval()
+        root.eval()
         for m, owner in norms:
             m.training = True
             owner.momentum = None
             m.num_batches_tracked.zero_()
-        with torch.no_grad(), supernet.activate(config, choice):
+        with torch.no_grad():
             for batch in batches:
                 if used >= num_batches:
                     break
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                supernet(x.to(device, non_blocking=True))
+                root(x.to(device, non_blocking=True))
                 used += 1
     finally:
         for (_, owner), momentum in zip(norms, momenta, strict=True):
