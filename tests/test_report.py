@@ -55,7 +55,7 @@ def make_run(root: Path, *, everything: bool = True) -> Path:
     (run / "search").mkdir(parents=True)
     config = {"model": {"name": "resnet20"}, "data": {"name": "fashion-mnist", "split_seed": 0},
               "supernet": {"pattern": "cafenet"}, "strategy": {"name": "cafenet"},
-              "train": {"seed": 3}}
+              "train": {"seed": 3, "budgets": ["macs=10%", "macs=25%"]}}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     lines = [{"kind": "start", "step": 0, "device": "cpu", "world_size": 1}]
     for step in range(10, 210, 10):
@@ -67,10 +67,10 @@ def make_run(root: Path, *, everything: bool = True) -> Path:
                                         "macs": 1.0, "macs_ratio": r}
                                   for lbl, a, r in (("max", 0.8, 1.0), ("mid", 0.75, 0.3),
                                                     ("min", 0.7, 0.07))}})
-            edges = list(np.linspace(0.0, 1.0, 11))
-            lines.append({"kind": "cost_histogram", "epoch": step // 100, "metric": "macs",
-                          "edges": edges, "counts": [0, 3, 8, 12, 9, 7, 4, 2, 1, 1],
-                          "budgets": [0.1, 0.25]})
+            lines.append({"kind": "trained_costs", "step": step, "epoch": step // 100,
+                          "metric": "macs", "bins": 20, "full": 4e7,
+                          "counts": [0, 0, 1, 3, 8, 12, 9, 7, 4, 2, 1, 1, 0, 0, 0, 0, 0, 0, 0,
+                                     step // 10]})
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     (run / "space.json").write_text(json.dumps(
         {"format": "widthsearch-space/1", "pattern": "cafenet",
@@ -124,6 +124,20 @@ def test_every_section_from_a_full_run(tmp_path: Path) -> None:
     md = report.markdown()
     assert "macs=50%" in md and "88.00%" in md and "+1.00 pts" in md
     assert "TEST split is read once" in md and "train.seed" in md
+    assert "budgets declared for the run" in md
+
+
+def test_histograms_in_both_shapes() -> None:
+    from widthsearch.report import _budget_ratios, _histograms
+
+    records = [{"kind": "trained_costs", "epoch": 1, "metric": "macs", "bins": 4,
+                "counts": [1, 2, 3, 4]},
+               {"kind": "epoch", "trained_costs": {"edges": [0, 0.5, 1], "counts": [5, 5]}},
+               {"kind": "trained_costs", "counts": [1, "x"]},
+               {"kind": "trained_costs", "edges": [0, 1], "counts": [1, 2]}]
+    found = _histograms(records)
+    assert [h["edges"] for _, h in found] == [[0, 0.25, 0.5, 0.75, 1.0], [0, 0.5, 1]]
+    assert _budget_ratios(["macs=10%", "params=5%", "macs=2M", 0.3], "macs") == [0.1, 0.3]
 
 
 def test_sections_only_when_their_data_is_present(tmp_path: Path) -> None:

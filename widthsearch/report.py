@@ -390,25 +390,45 @@ def _section_training(run: _Run) -> Section | None:
 
 
 def _histograms(metrics: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """Per-epoch histograms of the costs trained, wherever a record carries one: a record of
-    kind "cost_histogram" / "trained_costs" or a field of that name in any record, holding
-    {"edges": [...], "counts": [...]} (counts one shorter than edges)."""
+    """Per-epoch histograms of the cost ratios trained: records of kind "trained_costs"
+    ({"metric", "bins", "counts"} over [0, 1] of the full cost), or any record carrying
+    {"edges": [...], "counts": [...]} under that kind or a "trained_costs" field."""
     found = []
     for r in metrics:
-        candidates = []
-        if r.get("kind") in ("cost_histogram", "trained_costs"):
-            candidates.append(r)
-        for key in ("cost_histogram", "trained_costs", "histogram"):
-            if isinstance(r.get(key), dict):
-                candidates.append(r[key])
+        candidates = [r] if r.get("kind") in ("trained_costs", "cost_histogram") else []
+        candidates += [r[k] for k in ("trained_costs", "cost_histogram") if isinstance(r.get(k), dict)]
         for h in candidates:
-            edges, counts = h.get("edges"), h.get("counts")
-            if (isinstance(edges, list) and isinstance(counts, list)
-                    and len(edges) == len(counts) + 1 and counts
-                    and all(_num(v) is not None for v in [*edges, *counts])):
-                label = r.get("epoch", h.get("epoch", r.get("step", len(found))))
-                found.append((f"epoch {_cell(label)}", {**h, **({} if h is r else {})}))
+            counts = h.get("counts")
+            if not isinstance(counts, list) or not counts or \
+                    any(_num(c) is None for c in counts):
+                continue
+            edges = h.get("edges")
+            if edges is None:
+                edges = [i / len(counts) for i in range(len(counts) + 1)]
+            if (not isinstance(edges, list) or len(edges) != len(counts) + 1
+                    or any(_num(e) is None for e in edges)):
+                continue
+            label = r.get("epoch", h.get("epoch", r.get("step", len(found))))
+            found.append((f"epoch {_cell(label)}", {"metric": h.get("metric", "macs"),
+                                                    "edges": edges, "counts": counts,
+                                                    "budgets": h.get("budgets")}))
     return found
+
+
+def _budget_ratios(specs: Any, metric: str) -> list[float]:
+    """Budgets such as "macs=25%" as ratios of the full cost (those in % of `metric`)."""
+    out = []
+    for spec in specs if isinstance(specs, list) else []:
+        if _num(spec) is not None:
+            out.append(float(spec))
+        elif isinstance(spec, str) and "=" in spec:
+            name, _, value = spec.partition("=")
+            if name.strip().lower() == metric and value.strip().endswith("%"):
+                try:
+                    out.append(float(value.strip()[:-1]) / 100)
+                except ValueError:
+                    continue
+    return out
 
 
 def _section_histogram(run: _Run) -> Section | None:
@@ -419,26 +439,28 @@ def _section_histogram(run: _Run) -> Section | None:
     fig, ax = _figure()
     n = len(found)
     for i, (label, h) in enumerate(found):
-        edges = [float(e) for e in h["edges"]]
         counts = [float(c) for c in h["counts"]]
         total = sum(counts) or 1.0
-        ax.stairs([c / total for c in counts], edges, color=_ramp(i, n), lw=1.4,
+        ax.stairs([c / total for c in counts], [float(e) for e in h["edges"]],
+                  color=_ramp(i, n), lw=1.4, fill=n == 1,
                   label=label if n <= 8 or i in (0, n - 1) else None)
-    budgets = [b for b in (found[-1][1].get("budgets") or []) if _num(b) is not None]
-    for b in budgets:
-        ax.axvline(float(b), color="C3", ls="--", lw=1)
-    ax.set_xlabel(_COST_LABELS.get(metric, metric) +
-                  (" (fraction of the full model)" if max(found[-1][1]["edges"]) <= 1.0 else ""))
-    ax.set_ylabel("share of the configs trained")
+    train = (run.config or {}).get("train")
+    declared = _budget_ratios(found[-1][1].get("budgets"), metric) + \
+        _budget_ratios(train.get("budgets") if isinstance(train, dict) else None, metric)
+    for b in sorted(set(declared)):
+        ax.axvline(b, color="C3", ls="--", lw=1.2)
+    ax.set_xlabel(f"{_COST_LABELS.get(metric, metric)} of the widths trained "
+                  "(fraction of the full model)")
+    ax.set_ylabel("share of the widths trained")
     ax.set_title("where the supernet was trained")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     run.report.plots["trained_costs"] = _png(fig)
     section = Section("Costs of the widths trained").plot("trained_costs")
-    if budgets:
-        section.text("Dashed lines: the budgets declared for the run. A budget far from every "
-                     "bar was rarely trained; train with `train.sampler=budgets` to rank "
-                     "widths there.")
+    if declared:
+        section.text("Dashed lines: the budgets declared for the run (train.budgets). A "
+                     "budget where the bars are empty was rarely trained; train with "
+                     "`train.sampler=budgets` to rank widths there.")
     return section
 
 
