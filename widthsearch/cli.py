@@ -211,7 +211,7 @@ def _quickstart_arguments(p: argparse.ArgumentParser) -> None:
 
 
 @command("quickstart", "Fashion-MNIST end to end: train a CafeNet supernet (ResNet-20), "
-         "search widths at 50% and 25% MACs, fine-tune them, train the uniform multiplier "
+         "search widths at 1/2 and 1/4 of its MACs, fine-tune them, train the uniform multiplier "
          "at the same MACs, test all once, print one table, write the report and exports.",
          _quickstart_arguments)
 def cmd_quickstart(args: argparse.Namespace) -> int:
