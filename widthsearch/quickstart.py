@@ -68,8 +68,8 @@ SIZES: dict[str, QuickstartSize] = {
     # About 5 minutes on 2 CPU cores: 10,000 training images, 2 supernet epochs.
     "default": QuickstartSize(
         subset=10_000, val_size=5_000, val_subset=2_000, batch_size=128, epochs=2,
-        finetune_epochs=1, width_mult=1.0, population=16, generations=4, mutations=8,
-        crossovers=8, top_k=6, recal_batches=4, val_batches=None, max_choices=2,
+        finetune_epochs=1, width_mult=1.0, population=12, generations=3, mutations=6,
+        crossovers=6, top_k=6, recal_batches=4, val_batches=8, max_choices=2,
         latency_runs=30,
         description="ResNet-20, 10,000 Fashion-MNIST images, 2 supernet epochs"),
     # Seconds: a smoke test of every step (the numbers mean nothing at this size).
