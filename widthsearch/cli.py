@@ -219,7 +219,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     record = run_quickstart(args.run_dir, size=args.size, data=args.data,
                             progress=False if args.no_progress else None)
-    print_summary(record, Console())
+    console = Console()
+    if not console.is_terminal:  # a log file: wide enough for the table
+        console = Console(width=120)
+    print_summary(record, console)
     return 0
 
 

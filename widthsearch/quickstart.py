@@ -230,11 +230,11 @@ def run_quickstart(run_dir: Path = QUICKSTART_DIR, *, size: str = "default",
             raise WidthSearchError("a finishing run stopped before its end; run the "
                                    "quickstart again to resume it")
         rows.append(_row("searched", budget, tuned, run_dir / "finetune" / f"searched-{k}",
-                         full.macs, f"{supernet_steps} supernet + {finetune_steps} fine-tune",
+                         full.macs, f"{supernet_steps} + {finetune_steps} ft",
                          chosen.record.accuracy))
         rows.append(_row(f"uniform x{ratio:.2f}", budget, scratch,
                          run_dir / "retrain" / f"uniform-{k}", full.macs,
-                         f"{scratch['steps']} from scratch", None))
+                         f"{scratch['steps']}", None))
 
     out.rule("[5/5] latency of the exported models on this CPU")
     example = example_input(loaded.data)
@@ -279,15 +279,15 @@ def results_table(record: Mapping[str, Any]) -> Table:
     """The comparison table printed at the end (every number measured in this run)."""
     table = Table(title="searched widths vs the uniform multiplier (test accuracy: TEST "
                         "split, measured once per model)")
-    for col in ("budget", "model", "MACs", "MACs %", "params", "latency", "test acc",
-                "vs uniform", "training steps"):
-        table.add_column(col, justify="left" if col in ("budget", "model", "training steps")
-                         else "right")
+    for col in ("budget", "model", "MACs", "MACs %", "params", "ms", "test acc", "vs uniform",
+                "steps"):
+        table.add_column(col, justify="left" if col in ("budget", "model") else "right",
+                         no_wrap=True)
     for r in record["rows"]:
         gain = r.get("vs_uniform")
         table.add_row(r["budget"], r["name"], f"{r['macs'] / 1e6:.2f}M",
                       f"{100 * r['macs_ratio']:.1f}%", f"{r['params'] / 1e3:.1f}k",
-                      f"{r['latency_ms']:.2f} ms", f"{100 * r['test_accuracy']:.2f}%",
+                      f"{r['latency_ms']:.2f}", f"{100 * r['test_accuracy']:.2f}%",
                       "" if gain is None else f"{100 * gain:+.2f} pts", r["training"])
     return table
 
@@ -296,7 +296,9 @@ def print_summary(record: Mapping[str, Any], console: Console,
                   files: Sequence[str] = ("html", "markdown")) -> None:
     """The table, then where everything is."""
     console.print(results_table(record))
-    console.print(f"latency: {record['latency_device']}")
+    console.print("ms: latency of the exported model, " + record["latency_device"])
+    console.print("steps: training steps (supernet + fine-tuning for the searched widths, "
+                  "from scratch for the uniform multiplier)")
     for r in record["rows"]:
         e = r["exports"]
         console.print(f"{r['budget']} {r['name']}: {e['weights']} (+ .json), {e['onnx']}")
