@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system quickstart test test-all lint coverage bench clean
+.PHONY: install system quickstart test test-all lint coverage coverage-timm bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,11 @@ test-all: system $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check widthsearch tests bench
 
-coverage: $(STAMP)
+coverage: $(STAMP) coverage-timm
 	$(PY) -m widthsearch coverage --out docs/coverage.md
+
+coverage-timm: $(STAMP)
+	$(PY) -m widthsearch coverage --zoo timm --out docs/coverage-timm.md
 
 bench: $(STAMP)
 	$(PY) bench/bench_core.py --out bench/results/core.json

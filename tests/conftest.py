@@ -21,7 +21,7 @@ from widthsearch.supernet import macs_of
 torch.set_num_threads(int(os.environ.get("WIDTHSEARCH_TEST_THREADS", "1")))
 
 PATTERNS = ("leftmost", "cafenet", "bcnet")
-ZOO = tuple(n for n in ws.models.list() if not n.startswith("torchvision:"))
+ZOO = tuple(n for n in ws.models.list() if ":" not in n)  # not torchvision: or timm:
 TV_LIGHT = ("torchvision:resnet18",)
 TV_HEAVY = (
     "torchvision:resnet50",

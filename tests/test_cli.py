@@ -137,3 +137,43 @@ def test_interrupted_training_exits_130_with_a_resume_hint(
     assert main(["train", "--resume", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err
     assert "interrupted at step 7" in err and f"--resume {tmp_path / 'run'}" in err
+
+
+def test_debug_shows_the_traceback_and_internal_errors_are_one_line(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import widthsearch.cli as cli
+
+    def broken(args: object) -> int:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setitem(cli.COMMANDS, "inspect", cli.Command("inspect", "x", None, broken))
+    assert main(["inspect"]) == 1
+    line = capsys.readouterr().err.strip()
+    assert line == ("internal error: ZeroDivisionError: division by zero "
+                    "(rerun with --debug for the traceback)")
+    with pytest.raises(ZeroDivisionError):
+        main(["inspect", "--debug"])
+
+
+def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", "resnet20", "--divisions", "x"]) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+def test_ctrl_c_while_starting_is_one_line() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "widthsearch", "inspect", "resnet20"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env=env)
+    time.sleep(0.3)  # inside `import torch`
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted"), err

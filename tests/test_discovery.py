@@ -95,3 +95,49 @@ def test_modules_import_only_the_layers_below(path: Path) -> None:
         if not target.is_relative_to(PACKAGE):
             continue  # widthsearch.errors and friends
         assert _layer(target.with_suffix(".py")) <= own, (path.name, node.module)
+
+
+class _GhostUnit(nn.Module):
+    """cat([a, cheap(a)])[:, :out] plus a projection shortcut (GhostNet's block)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        half = cout // 2
+        self.primary = nn.Sequential(nn.Conv2d(cin, half, 1), nn.BatchNorm2d(half), nn.ReLU())
+        self.cheap = nn.Sequential(nn.Conv2d(half, half, 3, padding=1, groups=half),
+                                   nn.BatchNorm2d(half))
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout))
+        self.cout = cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.primary(x)
+        return torch.cat([a, self.cheap(a)], 1)[:, :self.cout] + self.shortcut(x)
+
+
+def test_a_projection_added_to_a_concatenation_is_cut_to_match_it() -> None:
+    """The shortcut conv's output is cut into the concatenation's pieces, so every group
+    slims, and the export equals the supernet with exact MACs."""
+    import widthsearch as ws
+    from widthsearch.supernet import macs_of
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), _GhostUnit(16, 32), _GhostUnit(32, 48),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, 5)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        ref = model(x)
+    net = ws.Supernet(model, x, pattern="cafenet").eval()
+    inner = [g for g in net.space.groups if g.name not in ("input", "5")]
+    assert inner and all(g.slimmable for g in inner)
+    assert {g.size for g in inner} == {16, 24}  # 32 and 48 cut into halves of the cats
+    with torch.no_grad():
+        assert torch.allclose(net(x), ref, atol=1e-6)
+    gen = torch.Generator().manual_seed(0)
+    for cfg in (net.space.min(), net.space.sample(gen)):
+        choice = net.sample_choice(cfg, gen)
+        with torch.no_grad(), net.activate(cfg, choice):
+            expected = net(x)
+        sub = net.export(cfg, choice).eval()
+        with torch.no_grad():
+            assert torch.allclose(sub(x), expected, atol=1e-6)
+        assert net.cost(cfg).macs == macs_of(sub, x)

@@ -242,3 +242,16 @@ def test_macs_of_counts_conv_and_linear() -> None:
     assert macs_of(model, torch.randn(2, 3, 8, 8)) == expected
     net = ws.Supernet(model, torch.randn(1, 3, 8, 8))
     assert net.cost().macs == expected
+
+
+def test_saved_sidecar_names_no_file(tmp_path) -> None:
+    """A pretrained_path is not written into the sidecar: the saved weights replace it."""
+    model = ws.models.get("resnet20", num_classes=10, in_channels=1)
+    model.widthsearch_spec["kwargs"]["pretrained_path"] = "/somewhere/weights.pt"
+    net = ws.Supernet(model, torch.randn(1, 1, 28, 28))
+    ws.save(net.export(net.space.min()), tmp_path / "m")
+    import json
+
+    record = json.loads((tmp_path / "m.json").read_text())
+    assert record["model_kwargs"]["pretrained_path"] is None
+    assert record["weights_sha256"]

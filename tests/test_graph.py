@@ -344,10 +344,29 @@ def test_verification_fixes_groups_that_do_not_run_when_slimmed() -> None:
 # --------------------------------------------------------------------------- random CNNs
 
 
+class _BatchNormAct(nn.BatchNorm2d):
+    """A norm with its activation inside its own forward (timm's BatchNormAct2d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(super().forward(x))
+
+
+class _StdConv2d(nn.Conv2d):
+    """Weight standardization in its own forward (timm's StdConv2d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        mean, var = w.mean((1, 2, 3), keepdim=True), w.var((1, 2, 3), keepdim=True, correction=0)
+        w = (w - mean) / (var + 1e-5).sqrt()
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
 class _ConvNormAct(nn.Module):
-    def __init__(self, cin: int, cout: int, k: int, stride: int, norm: str, groups: int = 1):
+    def __init__(self, cin: int, cout: int, k: int, stride: int, norm: str, groups: int = 1,
+                 std: bool = False):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=norm == "none")
+        conv = _StdConv2d if std and groups == 1 else nn.Conv2d
+        self.conv = conv(cin, cout, k, stride, k // 2, groups=groups, bias=norm == "none")
         self.norm = _norm(norm, cout)
         self.act = nn.ReLU()
 
@@ -358,6 +377,8 @@ class _ConvNormAct(nn.Module):
 def _norm(kind: str, c: int) -> nn.Module:
     if kind == "bn":
         return nn.BatchNorm2d(c)
+    if kind == "bnact":
+        return _BatchNormAct(c)
     if kind == "gn":
         return nn.GroupNorm(2, c)
     return nn.Identity()
@@ -443,7 +464,8 @@ class RandomCNN(nn.Module):
             kind = block[0]
             if kind == "conv":
                 stride = block[2] if side >= 4 else 1
-                blocks.append(_ConvNormAct(c, block[1], block[3], stride, norm))
+                blocks.append(_ConvNormAct(c, block[1], block[3], stride, norm,
+                                           std=recipe.get("std", False)))
                 c, side = block[1], -(-side // stride)
             elif kind == "res":
                 blocks.append(_Residual(c, block[1], norm))
@@ -479,7 +501,7 @@ class RandomCNN(nn.Module):
 
 @st.composite
 def recipes(draw) -> dict:
-    norm = draw(st.sampled_from(["bn", "gn", "none"]))
+    norm = draw(st.sampled_from(["bn", "bnact", "gn", "none"]))
     even = norm == "gn"  # GroupNorm(2, c) needs an even channel count
 
     def channels(lo: int = 2, hi: int = 12):
@@ -499,6 +521,7 @@ def recipes(draw) -> dict:
         "in_channels": draw(st.sampled_from([1, 3])),
         "side": draw(st.sampled_from([6, 8])),
         "norm": norm,
+        "std": draw(st.booleans()),  # weight-standardized convs (a layer subclass)
         "stem": draw(channels(4, 12)),
         "blocks": draw(st.lists(block, min_size=1, max_size=4)),
         "head": draw(st.sampled_from(["pool", "flatten"])),
@@ -506,9 +529,9 @@ def recipes(draw) -> dict:
     }
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(recipe=recipes(), seed=st.integers(0, 2**16))
-def test_random_cnns_convert_export_and_cost_exactly(recipe: dict, seed: int) -> None:
+def _check_random_cnn(recipe: dict, seed: int) -> None:
+    """Invariants on one random CNN, every pattern: no warning, full width is the model,
+    every sampled subnet equals its export and costs exactly what the export costs."""
     x = torch.randn(2, recipe["in_channels"], recipe["side"], recipe["side"],
                     generator=torch.Generator().manual_seed(seed))
     for pattern in PATTERNS:
@@ -535,3 +558,17 @@ def test_random_cnns_convert_export_and_cost_exactly(recipe: dict, seed: int) ->
             cost = net.cost(cfg)
             assert cost.macs == macs_of(sub, x)
             assert cost.params == sum(p.numel() for p in sub.parameters())
+
+
+# CI profile: 100 random CNNs; the slow profile: 1,000 (`make test-all`)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(recipe=recipes(), seed=st.integers(0, 2**16))
+def test_random_cnns_convert_export_and_cost_exactly(recipe: dict, seed: int) -> None:
+    _check_random_cnn(recipe, seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(recipe=recipes(), seed=st.integers(0, 2**16))
+def test_a_thousand_random_cnns(recipe: dict, seed: int) -> None:
+    _check_random_cnn(recipe, seed)

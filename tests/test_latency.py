@@ -126,6 +126,21 @@ def test_latency_is_one_more_metric(tiny: ws.Supernet, tiny_table: LatencyTable,
         small.latency / tiny_table.full_latency)
 
 
+def test_a_table_follows_the_supernet_to_a_space_it_covers(tiny_table: LatencyTable) -> None:
+    net = ws.Supernet(Tiny(), torch.randn(1, 3, 6, 6), min_ratio=0.5, divisions=2)
+    data = tiny_table.to_json()  # a table that timed exactly this space's widths
+    data["groups"] = {g.name: list(g.choices) for g in net.space.groups}
+    net.cost_model.attach_latency(LatencyTable.from_json(data))
+    fewer = net.space.with_choices({g.name: g.choices[-1:] for g in net.space.searchable})
+    more = net.space.with_choices({g.name: tuple(range(1, g.size + 1))
+                                   for g in net.space.searchable})
+    net.set_space(fewer)  # a subset of the timed widths: the table still prices every config
+    assert net.cost().latency == pytest.approx(tiny_table.full_latency)
+    with pytest.warns(UserWarning, match="latency table no longer applies"):
+        net.set_space(more)  # widths the table never timed
+    assert net.cost().latency is None
+
+
 def test_error_report(tiny_table: LatencyTable) -> None:
     err = tiny_table.error
     assert err["samples"] == 3 and len(err["measured"]) == len(err["predicted"]) == 3

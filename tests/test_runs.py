@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from widthsearch.errors import WidthSearchError
+from widthsearch.errors import (
+    CheckpointError,
+    IntegrityError,
+    RunError,
+    RunLockedError,
+    WidthSearchError,
+)
 from widthsearch.runs import (
     MetricsLog,
     RunDir,
@@ -49,7 +59,8 @@ def test_create_writes_tree_and_config(tmp_path: Path) -> None:
 
 
 def test_create_twice_is_refused_unless_exist_ok(tmp_path: Path) -> None:
-    RunDir.create(tmp_path, {"a": 1})
+    run = RunDir.create(tmp_path, {"a": 1})
+    run.save_checkpoint({"x": 1}, step=1)
     with pytest.raises(WidthSearchError, match="resume"):
         RunDir.create(tmp_path, {"a": 2})
     assert RunDir.open(tmp_path).read_config() == {"a": 1}
@@ -114,7 +125,7 @@ def test_load_refuses_arbitrary_objects(tmp_path: Path) -> None:
     torch.save({"step": 5, "payload": Payload()}, evil)
     with pytest.raises(WidthSearchError, match="step-000000005.pt"):
         run.load_checkpoint()
-    with pytest.raises(WidthSearchError, match="test_runs.Payload.*refuses"):
+    with pytest.raises(WidthSearchError, match="refused .*run Python code .test_runs.Payload"):
         run.load_checkpoint(evil)
 
 
@@ -183,8 +194,135 @@ def test_all_checkpoints_unreadable_or_missing(tmp_path: Path) -> None:
     with pytest.raises(WidthSearchError, match="no checkpoints"):
         run.load_checkpoint()
     run.checkpoint_path(1).write_bytes(b"not a zip")
-    with pytest.raises(WidthSearchError, match="corrupt"):
+    with pytest.raises(CheckpointError, match="no checksum"):
         run.load_checkpoint()
+
+
+def test_flipped_bytes_are_named_and_the_previous_checkpoint_used(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path, {})
+    run.save_checkpoint({"w": torch.ones(1000)}, 1)
+    newest = run.save_checkpoint({"w": torch.zeros(1000)}, 2)
+    assert newest is not None
+    raw = bytearray(newest.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # a flipped float: still a valid zip, wrong numbers
+    newest.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match="step-000000002.pt is damaged"):
+        state = run.load_checkpoint()
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(1000))
+    with pytest.raises(IntegrityError, match="sha256"):
+        run.load_checkpoint(newest)
+
+
+def test_a_checkpoint_renamed_to_another_step_is_refused(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path, {})
+    first = run.save_checkpoint({"w": torch.ones(2)}, 1)
+    assert first is not None
+    os.replace(first, run.checkpoint_path(7))
+    with pytest.raises(CheckpointError, match="holds step 1"):
+        run.load_checkpoint(run.checkpoint_path(7))
+
+
+def test_accept_rejects_a_foreign_checkpoint_and_falls_back(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path, {})
+    run.save_checkpoint({"run": "mine"}, 1)
+    run.save_checkpoint({"run": "theirs"}, 2)
+
+    def accept(state: dict, path: Path) -> None:
+        if state["run"] != "mine":
+            raise CheckpointError(f"{path.name} belongs to another run")
+
+    with pytest.warns(UserWarning, match="another run"):
+        assert run.load_checkpoint(accept=accept)["step"] == 1
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    run = RunDir.create(tmp_path, {})
+    run.save_checkpoint({"w": torch.ones(3)}, 1)
+
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(CheckpointError, match="No space left.*step-000000001.pt is intact"):
+        run.save_checkpoint({"w": torch.zeros(3)}, 2)
+    monkeypatch.undo()
+    assert [p.name for p in run.list_checkpoints()] == ["step-000000001.pt"]
+    assert not [p for p in run.checkpoints.iterdir() if p.name.endswith(".tmp")]
+    assert torch.equal(run.load_checkpoint()["w"], torch.ones(3))
+
+
+def test_files_follow_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        run = RunDir.create(tmp_path, {})
+        path = run.save_checkpoint({"w": torch.ones(1)}, 1)
+    finally:
+        os.umask(old)
+    assert path is not None
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(run.config_path.stat().st_mode) == 0o644
+
+
+def test_lock_names_the_holder_and_is_released(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path, {})
+    with run.lock:
+        other = RunDir(tmp_path)
+        with pytest.raises(RunLockedError, match=f"process {os.getpid()} is writing"):
+            other.lock.acquire()
+    with RunDir(tmp_path).lock:  # released: the next writer gets it
+        pass
+
+
+def test_lock_of_a_dead_process_does_not_block(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path, {})
+    code = ("import sys; from widthsearch.runs import RunDir; "
+            f"RunDir({str(tmp_path)!r}).lock.acquire(); sys.exit(0)")
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert (tmp_path / ".lock").exists()  # the file stays, the lock went with its process
+    with run.lock:
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+
+
+def test_lock_is_held_across_processes(tmp_path: Path) -> None:
+    RunDir.create(tmp_path, {})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from widthsearch.runs import RunDir; "
+         f"r = RunDir({str(tmp_path)!r}); r.lock.acquire(); print('held', flush=True); "
+         "time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=f"process {holder.pid} is writing"):
+            RunDir(tmp_path).lock.acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunDir(tmp_path).lock:
+        pass
+
+
+def test_unstarted_run_does_not_block_a_retry(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path, {"lr": 30})
+    run.metrics.log(kind="train", step=10, loss=float("nan"))
+    retry = RunDir.create(tmp_path, {"lr": 0.1})
+    assert retry.read_config() == {"lr": 0.1}
+    assert retry.metrics.read() == []
+    retry.metrics.log(kind="epoch", step=20)
+    assert not retry.is_unstarted()
+    with pytest.raises(RunError, match="already holds a run"):
+        RunDir.create(tmp_path, {"lr": 0.2})
+
+
+def test_update_config_records_the_change(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path, {"optim": {"lr": 0.1}})
+    run.update_config({"optim": {"lr": 0.05}}, {"optim.lr": (0.1, 0.05)}, step=40)
+    assert run.read_config() == {"optim": {"lr": 0.05}}
+    (record,) = run.metrics.read()
+    assert record["kind"] == "config_change" and record["step"] == 40
+    assert record["changes"] == {"optim.lr": {"old": 0.1, "new": 0.05}}
 
 
 def test_metrics_log_append_read_truncate(tmp_path: Path) -> None:

@@ -274,8 +274,8 @@ def test_new_run_refuses_an_existing_run_dir(data_root: Path, tmp_path: Path) ->
     make(tiny_config(data_root, optim={"epochs": 1}), run).fit(max_steps=1)
     with pytest.raises(WidthSearchError, match="already holds a run"):
         make(tiny_config(data_root), run)
-    with pytest.raises(WidthSearchError, match="cannot change optim.lr"):
-        Trainer.resume(run, overrides=["optim.lr=0.5"])
+    with pytest.raises(WidthSearchError, match="cannot change optim.momentum"):
+        Trainer.resume(run, overrides=["optim.momentum=0.5"])
 
 
 def test_amp_on_cpu_is_ignored_with_a_warning(data_root: Path) -> None:

@@ -2,6 +2,9 @@
 
 __version__ = "0.1.0"
 
+from ._startup import quiet_interrupt_while_starting  # noqa: E402
+
+quiet_interrupt_while_starting()  # the command line: Ctrl-C during imports is one line
 from . import models, patterns  # noqa: E402
 from .build import LoadedRun, load_supernet  # noqa: E402
 from .cost import Cost, CostModel  # noqa: E402

@@ -92,7 +92,7 @@ def build_supernet(config: RunConfig, data: DataBundle, *, device: str | torch.d
         if space["pattern"] != net.pattern.name or space.get("r") != getattr(net.pattern, "r", None):
             raise WidthSearchError(f"{SPACE_FILE} records pattern {space['pattern']!r} but "
                                    f"the config gives {net.pattern.name!r}")
-        net.set_space(_space_from_json(net.space, space))
+        net.set_space(space_from_json(net.space, space))
     elif s.bins:
         apply_bins(net, min_ratio=s.min_ratio, min_bin=s.min_bin, max_bin=s.max_bin)
     return net.to(device)
@@ -133,7 +133,7 @@ def read_space(run: RunDir) -> dict[str, Any] | None:
     return record
 
 
-def _space_from_json(base: WidthSpace, record: dict[str, Any]) -> WidthSpace:
+def space_from_json(base: WidthSpace, record: dict[str, Any]) -> WidthSpace:
     where = SPACE_FILE
     groups = record["groups"]
     if set(groups) != set(base.names):
@@ -182,12 +182,7 @@ def load_supernet(run_dir: str | Path, *, checkpoint: str | Path | None = None,
     net = build_supernet(config, data, device="cpu", quiet=True, space=record)
     weights = run.path / WEIGHTS_FILE
     if checkpoint is None and weights.is_file():
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(weights))
-        except Exception as e:  # a damaged file can fail in many ways
-            raise WidthSearchError(f"{weights} is not readable: {e}") from e
+        state = run.load_supernet_weights()  # checksum verified: damage is named, not used
         step, finished, source = _weights_step(weights), True, weights
     else:
         if checkpoint is None and run.latest_checkpoint() is None:

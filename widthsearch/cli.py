@@ -3,14 +3,20 @@
 Subcommands live in one table (`COMMANDS`): each is a function taking the parsed
 arguments and returning an exit code, registered with `@command(name, help, arguments)`
 where `arguments(parser)` declares its options. Adding a subcommand is one decorated
-function; `main` dispatches, and turns mistakes a user can make (a bad config, a missing
-file or dataset, an unknown model) into one `error: ...` line on stderr and exit code 2.
-Ctrl-C during training saves a checkpoint and exits 130.
+function; `main` dispatches, and turns every failure into one line on stderr:
+
+    exit 2    `error: ...`: a mistake a user can make (WidthSearchError: bad config, missing
+              file or dataset, unknown model, damaged or foreign checkpoint, a run locked by
+              another process) or an OS error (full disk, permissions)
+    exit 130  Ctrl-C (during training a checkpoint is saved first; also during start-up)
+    exit 1    `internal error: ...`: a bug; `--debug` (anywhere on the line) shows the
+              traceback of any failure instead
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 import warnings
@@ -29,6 +35,7 @@ __all__ = ["COMMANDS", "Command", "build_parser", "command", "main"]
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 1
 QUICKSTART_DIR = Path("runs/quickstart")
 
 
@@ -59,13 +66,22 @@ def command(name: str, help: str,
     return register
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too (the usage is one --help away)."""
+
+    def error(self, message: str) -> Any:  # argparse's hook; never returns
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="widthsearch",
         description="Find how many channels each layer of a CNN should keep under a budget.")
     parser.add_argument("--version", action="version", version=f"widthsearch {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a failure (may be given anywhere)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
@@ -77,29 +93,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line `argv` (default: sys.argv[1:]); returns the exit code."""
+    from ._startup import restore_interrupt
+
+    restore_interrupt()
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    args_list = [a for a in args_list if a != "--debug"]
+    try:
+        return _dispatch(args_list)
+    except BaseException as e:  # noqa: BLE001 (every failure becomes one line)
+        if debug and not isinstance(e, SystemExit):
+            raise
+        return _report(e)
+
+
+def _dispatch(argv: list[str]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, usage errors
         return e.code if isinstance(e.code, int) else EXIT_USAGE
-    from .train.trainer import TrainingInterrupted
+    return int(args._run(args))
 
-    try:
-        return int(args._run(args))
-    except TrainingInterrupted as e:
-        if e.run_dir is not None:
-            _err(f"interrupted at step {e.step}; checkpoint saved in {e.run_dir}. "
-                 f"Resume with: widthsearch train --resume {e.run_dir}")
+
+def _report(error: BaseException) -> int:
+    """Print `error` as one line and return the exit code it deserves."""
+    if isinstance(error, SystemExit):
+        return error.code if isinstance(error.code, int) else EXIT_USAGE
+    trainer = sys.modules.get("widthsearch.train.trainer")  # loaded if training ran
+    if trainer is not None and isinstance(error, trainer.TrainingInterrupted):
+        if error.run_dir is not None:
+            _err(f"interrupted at step {error.step}; checkpoint saved in {error.run_dir}. "
+                 f"Resume with: widthsearch train --resume {error.run_dir}")
         else:
-            _err(f"interrupted at step {e.step}")
+            _err(f"interrupted at step {error.step}")
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
+    if isinstance(error, KeyboardInterrupt):
         _err("interrupted; a run resumes from its last checkpoint with "
              "widthsearch train --resume RUN_DIR")
         return EXIT_INTERRUPTED
-    except (WidthSearchError, OSError, yaml.YAMLError) as e:
-        _err(f"error: {_one_line(e)}")
+    if isinstance(error, (WidthSearchError, OSError, yaml.YAMLError)):
+        message = _one_line(error)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            message += " (the disk is full; files written before are intact)"
+        _err(f"error: {message}")
         return EXIT_USAGE
+    if isinstance(error, MemoryError):
+        _err("error: out of memory; use a smaller data.batch_size or model")
+        return EXIT_USAGE
+    _err(f"internal error: {type(error).__name__}: {_one_line(error)} "
+         "(rerun with --debug for the traceback)")
+    return EXIT_INTERNAL
 
 
 def _err(message: str) -> None:
@@ -256,11 +300,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from . import models
     from .supernet import Supernet
 
+    if args.divisions < 1:
+        raise WidthSearchError(f"--divisions must be at least 1, got {args.divisions}")
+    if not 0 < args.min_ratio <= 1:
+        raise WidthSearchError(f"--min-ratio must be in (0, 1], got {args.min_ratio}")
+    for flag, value in (("--num-classes", args.num_classes), ("--in-channels", args.in_channels)):
+        if value is not None and not 1 <= value <= 100_000:
+            raise WidthSearchError(f"{flag} must be between 1 and 100000, got {value}")
     in_channels = args.in_channels
     if args.input_size is not None:
         c, h, w = args.input_size
-        if min(args.input_size) < 1:
-            raise WidthSearchError(f"--input-size must be positive, got {c} {h} {w}")
+        if min(args.input_size) < 1 or max(args.input_size) > 8192:
+            raise WidthSearchError(f"--input-size must be between 1 and 8192, got {c} {h} {w}")
         if in_channels is not None and in_channels != c:
             raise WidthSearchError(f"--in-channels {in_channels} disagrees with --input-size C={c}")
         in_channels = c
@@ -359,8 +410,9 @@ def _coverage_arguments(p: argparse.ArgumentParser) -> None:
     add_arguments(p)
 
 
-@command("coverage", "Convert and verify every torchvision classification model and write the "
-         "coverage table (docs/coverage.md).", _coverage_arguments)
+@command("coverage", "Convert and verify every torchvision classification model (or, with "
+         "--zoo timm, every timm CNN family) and write the coverage table (docs/coverage.md, "
+         "docs/coverage-timm.md).", _coverage_arguments)
 def cmd_coverage(args: argparse.Namespace) -> int:
     from .coverage import main_args
 

@@ -14,12 +14,12 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import WidthSearchError
+from .errors import ConfigError, WidthSearchError
 
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "RunConfig", "StrategyConfig",
@@ -31,6 +31,12 @@ STRATEGY_PATTERNS = {"cafenet": "cafenet", "bcnet": "bcnet"}
 """Strategies that only make sense with one width pattern: strategy name -> pattern."""
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
+# Strict scalars: YAML's `true` is not the batch size 1, `0.5` is not a count, and `.inf` /
+# `.nan` are not learning rates. Ints are accepted where floats are expected.
+Int = Annotated[int, Field(strict=True)]
+Bool = Annotated[bool, Field(strict=True)]
+Float = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -40,8 +46,8 @@ class ModelConfig(_Section):
     """Which network to slim. num_classes / in_channels default to the dataset's."""
 
     name: str = "resnet20"
-    num_classes: int | None = Field(None, ge=1)
-    in_channels: int | None = Field(None, ge=1)
+    num_classes: Int | None = Field(None, ge=1)
+    in_channels: Int | None = Field(None, ge=1)
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -54,14 +60,31 @@ class DataConfig(_Section):
 
     name: str = "fashion-mnist"
     root: str | None = None
-    batch_size: int = Field(128, ge=1)
-    val_size: int | float | None = 5000
-    split_seed: int = Field(0, ge=0)
-    subset: int | None = Field(None, ge=1)
-    val_subset: int | None = Field(None, ge=1)
-    augment: bool = True
-    workers: int = Field(2, ge=0)
-    image_size: int | tuple[int, int] | None = None
+    batch_size: Int = Field(128, ge=1)
+    val_size: Int | Float | None = 5000
+    split_seed: Int = Field(0, ge=0, le=2**63 - 1)
+    subset: Int | None = Field(None, ge=1)
+    val_subset: Int | None = Field(None, ge=1)
+    augment: Bool = True
+    workers: Int = Field(2, ge=0)
+    image_size: Int | tuple[Int, Int] | None = None
+
+    @field_validator("val_size")
+    @classmethod
+    def _val_size(cls, value: int | float | None) -> int | float | None:
+        if isinstance(value, float) and not 0.0 < value < 1.0:
+            raise ValueError(f"a float val_size is a fraction in (0, 1), not {value!r}")
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"val_size must be at least 0, not {value!r}")
+        return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, value: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
+        sizes = (value,) if isinstance(value, int) else value or ()
+        if any(size < 1 for size in sizes):
+            raise ValueError(f"image_size must be positive, not {value!r}")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -79,12 +102,12 @@ class SupernetConfig(_Section):
     """
 
     pattern: Literal["leftmost", "cafenet", "bcnet"] = "cafenet"
-    min_ratio: float = Field(0.25, gt=0.0, le=1.0)
-    divisions: int = Field(16, ge=1)
-    bins: bool = True
-    min_bin: int = Field(1, ge=1)
-    max_bin: int | None = Field(None, ge=1)
-    r: int = Field(1, ge=0)
+    min_ratio: Float = Field(0.25, gt=0.0, le=1.0)
+    divisions: Int = Field(16, ge=1)
+    bins: Bool = True
+    min_bin: Int = Field(1, ge=1)
+    max_bin: Int | None = Field(None, ge=1)
+    r: Int = Field(1, ge=0)
 
     @model_validator(mode="after")
     def _bin_range(self) -> SupernetConfig:
@@ -118,14 +141,14 @@ class OptimConfig(_Section):
     """
 
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0.0)
-    epochs: int = Field(5, ge=1)
-    warmup_epochs: float = Field(0.5, ge=0.0)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    grad_clip: float | None = Field(None, gt=0.0)
+    lr: Float = Field(0.1, gt=0.0)
+    momentum: Float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: Bool = True
+    weight_decay: Float = Field(5e-4, ge=0.0)
+    epochs: Int = Field(5, ge=1)
+    warmup_epochs: Float = Field(0.5, ge=0.0)
+    label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)
+    grad_clip: Float | None = Field(None, gt=0.0)
 
 
 class TrainConfig(_Section):
@@ -135,15 +158,15 @@ class TrainConfig(_Section):
     precision where the device supports it (CUDA); on CPU it is ignored with a warning.
     """
 
-    seed: int = Field(0, ge=0)
+    seed: Int = Field(0, ge=0, le=2**63 - 1)
     device: str = "auto"
-    amp: bool = False
-    checkpoint_every_steps: int = Field(200, ge=0)
-    keep_checkpoints: int = Field(3, ge=1)
-    eval_recal_batches: int = Field(20, ge=0)
-    eval_max_batches: int | None = Field(None, ge=1)
-    log_every_steps: int = Field(10, ge=1)
-    threads: int | None = Field(None, ge=1)
+    amp: Bool = False
+    checkpoint_every_steps: Int = Field(200, ge=0)
+    keep_checkpoints: Int = Field(3, ge=1)
+    eval_recal_batches: Int = Field(20, ge=0)
+    eval_max_batches: Int | None = Field(None, ge=1)
+    log_every_steps: Int = Field(10, ge=1)
+    threads: Int | None = Field(None, ge=1)
     sampler: Literal["widths", "cost-uniform", "budgets"] = "widths"
     sampler_metric: str = "macs"
     budgets: list[str] = Field(default_factory=list)
@@ -226,18 +249,22 @@ def load_config(
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise WidthSearchError(f"invalid config: {format_validation_error(e)}") from None
+        raise ConfigError(f"invalid config: {format_validation_error(e)}") from None
+    except (TypeError, ValueError) as e:  # a value pydantic cannot even compare
+        raise ConfigError(f"invalid config: {' '.join(str(e).split())}") from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise WidthSearchError(f"config file {path} does not exist") from None
+        raise ConfigError(f"config file {path} does not exist") from None
     except IsADirectoryError:
-        raise WidthSearchError(f"config file {path} is a directory") from None
+        raise ConfigError(f"config file {path} is a directory") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
     except OSError as e:
-        raise WidthSearchError(f"cannot read config file {path}: {e.strerror or e}") from None
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -246,11 +273,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         if mark is not None:
             where = f" (line {mark.line + 1}, column {mark.column + 1})"
         problem = getattr(e, "problem", None) or type(e).__name__
-        raise WidthSearchError(f"{path} is not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise WidthSearchError(f"{path} must hold a mapping of sections, not a {type(data).__name__}")
+        raise ConfigError(f"{path} must hold a mapping of sections, not a {type(data).__name__}")
     return data
 
 
@@ -264,10 +291,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise WidthSearchError(f"override {text!r} must look like section.key=value")
+        raise ConfigError(f"override {text!r} must look like section.key=value")
     path = key.split(".")
     if any(not part for part in path):
-        raise WidthSearchError(f"override {text!r} has an empty key in {key!r}")
+        raise ConfigError(f"override {text!r} has an empty key in {key!r}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -287,7 +314,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
                 child = node[part] = {}
             elif not isinstance(child, dict):
                 where = ".".join(path[: i + 1])
-                raise WidthSearchError(f"override {text!r}: {where} is a value, not a section")
+                raise ConfigError(f"override {text!r}: {where} is a value, not a section")
             node = child
         node[path[-1]] = value
     return out

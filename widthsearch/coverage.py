@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import math
 import os
 import re
@@ -28,7 +29,7 @@ import time
 import traceback
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -59,16 +60,23 @@ class ModelReport:
     fixed: dict[str, int] = field(default_factory=dict)  # reason -> fixed groups
     warnings: list[str] = field(default_factory=list)
     max_error: float = 0.0
+    full_error: float = 0.0  # supernet at full width against the original model
     macs_exact: bool = True
     train_ok: bool = True
     configs: int = 0
     seconds: float = 0.0
     error: str | None = None
+    where: str | None = None  # the model's own code a failure came from
 
     @property
     def verified(self) -> bool:
         return (self.error is None and self.macs_exact and self.train_ok
-                and self.max_error <= TOLERANCE)
+                and self.max_error <= TOLERANCE and self.full_error <= TOLERANCE)
+
+    @property
+    def silently_wrong(self) -> bool:
+        """Converted without an error, yet at full width it computes something else."""
+        return self.error is None and self.full_error > TOLERANCE
 
     @property
     def status(self) -> str:
@@ -108,21 +116,29 @@ def layer_groups(net: object) -> list:
             if any(n in layers for n in (*g.producers, *g.consumers, *g.members))]
 
 
-def check_model(name: str, *, input_size: int | None = None, configs: int = 2,
-                pattern: str = "cafenet", seed: int = 0, train: bool = True) -> ModelReport:
-    """Convert torchvision model `name` and verify it; never raises (errors are reported)."""
+def check_model(name: str, *, zoo: str = "torchvision", input_size: int | None = None,
+                configs: int = 2, pattern: str = "cafenet", seed: int = 0, train: bool = True
+                ) -> ModelReport:
+    """Convert model `zoo:name` and verify it; never raises (errors are reported).
+
+    Besides export equivalence and exact MACs, the supernet at full width must reproduce
+    the original model's output (a conversion that changes the computation is not
+    verified, whatever the export says)."""
     from . import models
     from .supernet import Supernet, macs_of
 
-    side = input_size or models.smallest_input_size(f"torchvision:{name}")
+    side = input_size or models.smallest_input_size(f"{zoo}:{name}")
     report = ModelReport(name, side)
     start = time.perf_counter()
     try:
         torch.manual_seed(seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torchvision's init notices
-            model = randomize_norms(models.get(f"torchvision:{name}", num_classes=10), seed)
+            model = randomize_norms(models.get(f"{zoo}:{name}", num_classes=10), seed)
         x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(seed))
+        model.eval()
+        with torch.no_grad():
+            reference = _detached(model(x))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             net = Supernet(model, x, pattern=pattern)
@@ -142,6 +158,8 @@ def check_model(name: str, *, input_size: int | None = None, configs: int = 2,
         gen = torch.Generator().manual_seed(seed)
         cfgs = [space.min(), space.max()] + [space.sample(gen) for _ in range(configs)]
         net.eval()
+        with torch.no_grad(), net.activate(space.max()):
+            report.full_error = _max_error(reference, net(x))
         for cfg in cfgs:
             choice = net.sample_choice(cfg, gen)
             with torch.no_grad(), net.activate(cfg, choice):
@@ -163,16 +181,48 @@ def check_model(name: str, *, input_size: int | None = None, configs: int = 2,
                 report.warnings.append(f"training-mode forward failed: {err}")
     except Exception as err:
         report.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        report.where = _origin(err)
         report.warnings.append(traceback.format_exc(limit=3))
     report.seconds = time.perf_counter() - start
     return report
 
 
+def _detached(out: object) -> object:
+    """A model output with every tensor cloned, so later in-place ops cannot change it."""
+    if isinstance(out, torch.Tensor):
+        return out.detach().clone()
+    if isinstance(out, (tuple, list)):
+        return type(out)(_detached(o) for o in out)
+    return out
+
+
+def _origin(err: BaseException) -> str | None:
+    """Where a failure came from: the innermost frame of the model's own code (its
+    package, not torch's or widthsearch's), e.g. "timm/layers/padding.py:41 pad_same"."""
+    found = None
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        for frame in traceback.extract_tb(current.__traceback__):
+            path = frame.filename.replace(os.sep, "/")
+            if "/site-packages/" in path and "/torch/" not in path:
+                short = path.split("/site-packages/", 1)[1]
+                found = f"{short}:{frame.lineno} {frame.name}"
+        current = current.__cause__ or current.__context__
+    return found
+
+
 def _max_error(a: object, b: object) -> float:
+    """Largest absolute difference, relative to the output's scale when it exceeds 1
+    (random-weight networks without normalization produce large logits)."""
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         if a.shape != b.shape:
             return math.inf
-        return float((a - b).abs().max()) if a.numel() else 0.0
+        if not a.numel():
+            return 0.0
+        scale = max(1.0, float(a.abs().max()))
+        return float((a - b).abs().max()) / scale
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b):
         return max((_max_error(x, y) for x, y in zip(a, b, strict=True)), default=0.0)
     return 0.0 if a == b else math.inf
@@ -193,12 +243,16 @@ def model_names(patterns: Sequence[str] = ()) -> list[str]:
     return names
 
 
-def run(names: Sequence[str], *, workers: int = 2, log: bool = True, **kwargs: object
-        ) -> list[ModelReport]:
-    """Check `names` in `workers` processes (one model per process); results in order."""
+def run(names: Sequence[str], *, workers: int = 2, log: bool = True,
+        on_report: Callable[[ModelReport], None] | None = None, tasks_per_child: int = 1,
+        **kwargs: object) -> list[ModelReport]:
+    """Check `names` in `workers` processes (`tasks_per_child` models per process, so a
+    model's memory is returned when its process ends; 0: processes live on); results in
+    order. `on_report` sees each report as soon as it is done (to cache it)."""
     reports: dict[str, ModelReport] = {}
     ctx = get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, max_tasks_per_child=1) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                             max_tasks_per_child=tasks_per_child or None) as pool:
         futures = {pool.submit(_worker, n, kwargs): n for n in names}
         for future in as_completed(futures):
             name = futures[future]
@@ -207,6 +261,8 @@ def run(names: Sequence[str], *, workers: int = 2, log: bool = True, **kwargs: o
             except Exception as err:  # the worker died (out of memory, ...)
                 rep = ModelReport(name, 0, error=f"{type(err).__name__}: {err}")
             reports[name] = rep
+            if on_report is not None:
+                on_report(rep)
             if log:
                 ok = "verified" if rep.verified else "NOT VERIFIED"
                 print(f"[{len(reports)}/{len(names)}] {name}: {rep.status}, {ok}, "
@@ -236,6 +292,8 @@ def _verified(rep: ModelReport) -> str:
     if rep.verified:
         return "yes"
     problems = []
+    if rep.full_error > TOLERANCE:
+        problems.append(f"full width differs from the original by {rep.full_error:.1e}")
     if rep.max_error > TOLERANCE:
         problems.append(f"export error {rep.max_error:.1e}")
     if not rep.macs_exact:
@@ -319,27 +377,65 @@ def write_table(reports: Sequence[ModelReport], out: str | os.PathLike[str]) -> 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=Path("docs/coverage.md"),
-                   help="markdown file to write (default: docs/coverage.md)")
+    p.add_argument("--zoo", choices=("torchvision", "timm"), default="torchvision",
+                   help="torchvision: every classification model; timm: one default variant "
+                   "of every CNN family (needs widthsearch[timm])")
+    p.add_argument("--out", type=Path, default=None,
+                   help="markdown file to write (default: docs/coverage.md, or "
+                   "docs/coverage-timm.md with --zoo timm)")
     p.add_argument("--models", nargs="+", default=[], metavar="PATTERN",
-                   help="only these torchvision models (shell patterns, e.g. 'resnet*')")
+                   help="only these models (torchvision names, or timm family names with "
+                   "--zoo timm; shell patterns, e.g. 'resnet*')")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="models checked in parallel, one process and thread each")
     p.add_argument("--configs", type=int, default=2,
                    help="random width configurations per model besides min and max")
+    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                   help="--zoo timm: keep one JSON report per variant in DIR and reuse those "
+                   "that are full and verified (rerun only the others)")
 
 
 def main_args(args: argparse.Namespace) -> int:
+    from .errors import WidthSearchError
+
+    if args.zoo == "timm":
+        return _main_timm(args)
     names = model_names(args.models)
     if not names:
-        from .errors import WidthSearchError
-
         raise WidthSearchError(f"no torchvision model matches {' '.join(args.models)}")
     reports = run(names, workers=max(1, args.workers), configs=args.configs)
-    path = write_table(reports, args.out)
+    path = write_table(reports, args.out or Path("docs/coverage.md"))
     print(f"wrote {path}: {sum(r.verified for r in reports)}/{len(reports)} verified",
           file=sys.stderr)
     return 0 if all(r.status != "failed" for r in reports) else 1
+
+
+def _main_timm(args: argparse.Namespace) -> int:
+    from . import coverage_timm
+    from .errors import WidthSearchError
+    from .models import timm as timm_zoo
+
+    if not timm_zoo.available():
+        raise WidthSearchError("--zoo timm needs timm: pip install 'widthsearch[timm]'")
+    fams = coverage_timm.families(args.models)
+    if not fams:
+        raise WidthSearchError(f"no timm family matches {' '.join(args.models)}")
+    variants = coverage_timm.default_variants(fams, args.cache)
+    cached = {v: rep for v in variants
+              if args.cache is not None and (rep := coverage_timm.load_cached(args.cache, v))}
+    todo = [v for v in variants if v not in cached]
+    store = None if args.cache is None else functools.partial(coverage_timm.store, args.cache)
+    fresh = run(todo, workers=max(1, args.workers), configs=args.configs, zoo="timm",
+                on_report=store, tasks_per_child=0)  # workers live on: timm imports slowly
+    cached.update({rep.name: rep for rep in fresh})
+    rows = [(f, cached[v]) for f, v in zip(fams, variants, strict=True)]
+    path = Path(args.out or "docs/coverage-timm.md")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(coverage_timm.render(rows))
+    reports = [r for _, r in rows]
+    print(f"wrote {path}: {sum(r.verified for r in reports)}/{len(reports)} verified, "
+          f"{len(todo)} checked, {len(variants) - len(todo)} from the cache", file=sys.stderr)
+    return 0 if not any(r.silently_wrong for r in reports) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

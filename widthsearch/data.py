@@ -19,6 +19,7 @@ import gzip
 import math
 import os
 import pickle
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from widthsearch.errors import WidthSearchError
+from widthsearch.errors import DataError, UntrustedFileError, WidthSearchError
 
 try:
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
@@ -126,7 +127,7 @@ def _locate(name: str, root: str | os.PathLike | None, found: Callable[[Path], b
         if found(folder):
             return folder
     where = ", ".join(map(str, candidates)) or f"no path given and ${ENV_VAR} is not set"
-    raise WidthSearchError(f"{spec.title} not found (looked for {what} in: {where}). "
+    raise DataError(f"{spec.title} not found (looked for {what} in: {where}). "
                            f"{spec.how_to_get}")
 
 
@@ -139,18 +140,19 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
-        raise WidthSearchError(f"{path}: not a readable gzip IDX file ({e})") from e
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a damaged deflate stream
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise DataError(f"{path}: not a readable gzip IDX file ({detail})") from None
     header = 4 + 4 * ndim
     expected = 0x0800 + ndim  # 0x08: unsigned byte data; 2049 for labels, 2051 for images
     magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
     if magic != expected or len(raw) < header:
-        raise WidthSearchError(f"{path}: IDX magic number {magic} where {expected} was "
+        raise DataError(f"{path}: IDX magic number {magic} where {expected} was "
                                f"expected ({ndim}-d unsigned bytes); wrong or damaged file")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     count = math.prod(dims)
     if len(raw) - header != count:
-        raise WidthSearchError(f"{path}: header says {dims} ({count} bytes) but the file holds "
+        raise DataError(f"{path}: header says {dims} ({count} bytes) but the file holds "
                                f"{len(raw) - header} bytes of data; truncated or damaged file")
     return np.frombuffer(raw, np.uint8, count, header).reshape(dims).copy()
 
@@ -167,7 +169,7 @@ def load_fashion_mnist(root: str | os.PathLike | None = None) -> tuple[Tensor, T
     for images_file, labels_file in FASHION_MNIST_FILES.values():
         images, labels = read_idx(folder / images_file, 3), read_idx(folder / labels_file, 1)
         if len(images) != len(labels):
-            raise WidthSearchError(f"{folder}: {images_file} has {len(images)} images but "
+            raise DataError(f"{folder}: {images_file} has {len(images)} images but "
                                    f"{labels_file} has {len(labels)} labels")
         out += [torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long()]
     return out[0], out[1], out[2], out[3]
@@ -184,8 +186,9 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         allowed = SAFE_PICKLE_GLOBALS.get((module, name))
         if allowed is None:
-            raise WidthSearchError(f"refusing to unpickle {module}.{name}: a CIFAR batch holds "
-                                   "only numpy arrays, bytes, lists and ints")
+            raise UntrustedFileError(f"refusing to unpickle {module}.{name} (code, never run): "
+                                     "a CIFAR batch holds only numpy arrays, bytes, lists "
+                                     "and ints")
         return allowed
 
 
@@ -194,11 +197,11 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             obj = RestrictedUnpickler(f, encoding="bytes").load()
     except WidthSearchError as e:
-        raise WidthSearchError(f"{path}: {e}") from None
+        raise type(e)(f"{path}: {e}") from None
     except Exception as e:  # a damaged pickle can raise nearly anything
-        raise WidthSearchError(f"{path}: not a readable CIFAR batch ({e!r})") from e
+        raise DataError(f"{path}: not a readable CIFAR batch ({e!r})") from e
     if not isinstance(obj, dict):
-        raise WidthSearchError(f"{path}: a CIFAR batch is a dict, found {type(obj).__name__}")
+        raise DataError(f"{path}: a CIFAR batch is a dict, found {type(obj).__name__}")
     return obj
 
 
@@ -207,14 +210,14 @@ def _read_cifar_batches(paths: Sequence[Path], label_key: bytes) -> tuple[Tensor
     for path in paths:
         batch = _unpickle(path)
         if b"data" not in batch or label_key not in batch:
-            raise WidthSearchError(f"{path}: lacks b'data' or {label_key!r}")
+            raise DataError(f"{path}: lacks b'data' or {label_key!r}")
         data = np.asarray(batch[b"data"])
         label = np.asarray(batch[label_key], dtype=np.int64)
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise WidthSearchError(f"{path}: b'data' should be uint8 (N, 3072), found "
+            raise DataError(f"{path}: b'data' should be uint8 (N, 3072), found "
                                    f"{data.dtype} {data.shape}")
         if label.shape != (len(data),):
-            raise WidthSearchError(f"{path}: {len(data)} images but labels of shape {label.shape}")
+            raise DataError(f"{path}: {len(data)} images but labels of shape {label.shape}")
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(label)
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
@@ -236,7 +239,7 @@ def load_cifar(name: str, root: str | os.PathLike | None = None) -> tuple[Tensor
 def _check_labels(name: str, labels: Tensor) -> None:
     n = DATASETS[name].num_classes
     if n is not None and len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < n:
-        raise WidthSearchError(f"{DATASETS[name].title}: labels span {int(labels.min())}.."
+        raise DataError(f"{DATASETS[name].title}: labels span {int(labels.min())}.."
                                f"{int(labels.max())}, outside 0..{n - 1}")
 
 
@@ -253,15 +256,15 @@ def resolve_val_size(n: int, val_size: int | float | None) -> int:
     if val_size is None:
         count = 5000 if n >= 50_000 else round(0.1 * n)
     elif isinstance(val_size, bool) or not isinstance(val_size, int | float):
-        raise WidthSearchError(f"val_size must be an int or a float fraction, not {val_size!r}")
+        raise DataError(f"val_size must be an int or a float fraction, not {val_size!r}")
     elif isinstance(val_size, float):
         if not 0.0 < val_size < 1.0:
-            raise WidthSearchError(f"a fractional val_size must lie in (0, 1), not {val_size}")
+            raise DataError(f"a fractional val_size must lie in (0, 1), not {val_size}")
         count = round(val_size * n)
     else:
         count = val_size
     if not 0 < count < n:
-        raise WidthSearchError(f"val_size {val_size!r} holds out {count} of {n} training "
+        raise DataError(f"val_size {val_size!r} holds out {count} of {n} training "
                                "images; train and val both need at least one")
     return count
 
@@ -279,7 +282,7 @@ def _first(indices: Tensor, limit: int | None, what: str) -> Tensor:
     if limit is None:
         return indices
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise WidthSearchError(f"{what} must be a positive int or None, not {limit!r}")
+        raise DataError(f"{what} must be a positive int or None, not {limit!r}")
     return indices[:limit]
 
 
@@ -322,11 +325,11 @@ class _EpochLoader(abc.ABC):
                  generator: torch.Generator | None, drop_last: bool,
                  device: str | torch.device, rank: int, world_size: int) -> None:
         if batch_size < 1:
-            raise WidthSearchError(f"batch_size must be at least 1, not {batch_size}")
+            raise DataError(f"batch_size must be at least 1, not {batch_size}")
         if not 0 <= rank < world_size:
-            raise WidthSearchError(f"rank {rank} is outside 0..{world_size - 1}")
+            raise DataError(f"rank {rank} is outside 0..{world_size - 1}")
         if generator is not None and generator.device.type != "cpu":
-            raise WidthSearchError("the loader's generator must be a CPU torch.Generator")
+            raise DataError("the loader's generator must be a CPU torch.Generator")
         self.size, self.batch_size, self.shuffle, self.drop_last = size, batch_size, shuffle, drop_last
         self.generator = generator
         self.device = torch.device(device)
@@ -398,12 +401,12 @@ class _EpochLoader(abc.ABC):
         uninterrupted loader would have yielded next."""
         for key in ("size", "batch_size", "world_size"):
             if state[key] != getattr(self, key):
-                raise WidthSearchError(f"loader state was saved with {key}={state[key]} but this "
+                raise DataError(f"loader state was saved with {key}={state[key]} but this "
                                        f"loader has {getattr(self, key)}: cannot resume exactly")
         if (state["generator"] is None) != (self.generator is None):
-            raise WidthSearchError("loader state and loader disagree on having a generator")
+            raise DataError("loader state and loader disagree on having a generator")
         if not 0 <= state["batch"] < max(1, len(self)):
-            raise WidthSearchError(f"loader state is at batch {state['batch']} of {len(self)}")
+            raise DataError(f"loader state is at batch {state['batch']} of {len(self)}")
         self._epoch, self._batch = int(state["epoch"]), int(state["batch"])
         if self.generator is not None:
             self.generator.set_state(state["generator"])
@@ -428,9 +431,9 @@ class TensorLoader(_EpochLoader):
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  pad: int = 4, rank: int = 0, world_size: int = 1) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise WidthSearchError(f"images must be uint8 NCHW, got {images.dtype} {tuple(images.shape)}")
+            raise DataError(f"images must be uint8 NCHW, got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (len(images),):
-            raise WidthSearchError(f"{len(images)} images but labels of shape {tuple(labels.shape)}")
+            raise DataError(f"{len(images)} images but labels of shape {tuple(labels.shape)}")
         if generator is None and (shuffle or augment):
             generator = torch.Generator().manual_seed(0)
         super().__init__(len(images), batch_size, shuffle, generator, drop_last, device, rank, world_size)
@@ -554,7 +557,7 @@ def example_input(bundle: DataBundle) -> Tensor:
 def _size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
     pair = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(pair) != 2 or not all(isinstance(s, int) and s > 0 for s in pair):
-        raise WidthSearchError(f"image_size must be a positive int or (H, W), not {image_size!r}")
+        raise DataError(f"image_size must be a positive int or (H, W), not {image_size!r}")
     return pair[0], pair[1]
 
 
@@ -585,7 +588,7 @@ def build_data(name: str, root: str | os.PathLike | None = None, *, batch_size: 
     so every rank computes exact metrics on them.
     """
     if name not in DATASETS:
-        raise WidthSearchError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     spec = DATASETS[name]
     if name == "imagefolder":
         return _build_folder(root, batch_size=batch_size, val_size=val_size, seed=seed,
@@ -602,7 +605,7 @@ def build_data(name: str, root: str | os.PathLike | None = None, *, batch_size: 
     train_idx, val_idx = split_indices(len(train_y), val_size, seed)
     train_idx, val_idx = _first(train_idx, subset, "subset"), _first(val_idx, val_subset, "val_subset")
     if len(train_idx) < world_size:
-        raise WidthSearchError(f"{len(train_idx)} train images cannot be shared by {world_size} ranks")
+        raise DataError(f"{len(train_idx)} train images cannot be shared by {world_size} ranks")
     stats = {"device": device, "mean": spec.mean, "std": spec.std}
     train = TensorLoader(train_x[train_idx], train_y[train_idx], batch_size, True, augment,
                          torch.Generator().manual_seed(seed + 1), drop_last, rank=rank,
@@ -632,9 +635,13 @@ def _build_folder(root: str | os.PathLike | None, *, batch_size: int,
     try:
         base, test_base = ImageFolder(str(folder / "train")), ImageFolder(str(test_dir))
     except (FileNotFoundError, OSError) as e:
-        raise WidthSearchError(f"{folder}: not a usable image folder ({e})") from e
+        raise DataError(f"{folder}: not a usable image folder ({e})") from e
+    if len(base.classes) < 2:
+        raise DataError(f"{folder / 'train'} has {len(base.classes)} class folder(s) "
+                        f"({', '.join(base.classes) or 'none'}); a classifier needs at least "
+                        "two (train/<class>/<image>), or every accuracy would be 100%")
     if test_base.class_to_idx != base.class_to_idx:
-        raise WidthSearchError(f"{test_dir} has classes {sorted(test_base.class_to_idx)} but "
+        raise DataError(f"{test_dir} has classes {sorted(test_base.class_to_idx)} but "
                                f"{folder / 'train'} has {sorted(base.class_to_idx)}")
     size = _size_pair(224 if image_size is None else image_size)
     train_tf = folder_transform(size, augment, spec.mean, spec.std)
@@ -642,7 +649,7 @@ def _build_folder(root: str | os.PathLike | None, *, batch_size: int,
     train_idx, val_idx = split_indices(len(base), val_size, seed)
     train_idx, val_idx = _first(train_idx, subset, "subset"), _first(val_idx, val_subset, "val_subset")
     if len(train_idx) < world_size:
-        raise WidthSearchError(f"{len(train_idx)} train images cannot be shared by {world_size} ranks")
+        raise DataError(f"{len(train_idx)} train images cannot be shared by {world_size} ranks")
     test_set = _View(test_base, torch.arange(len(test_base)), eval_tf)
     common = {"device": device, "workers": workers}
     train = FolderLoader(_View(base, train_idx, train_tf), batch_size, True,

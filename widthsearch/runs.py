@@ -1,16 +1,20 @@
 """The run directory and its durable state: config, checkpoints, metrics log.
 
 Everything here is written so that a run can be killed at any instant and resumed:
-files are replaced atomically, checkpoints are rotated, checkpoints load with
+files are replaced atomically, checkpoints are checksummed and rotated, checkpoints load with
 ``torch.load(weights_only=True)`` (never arbitrary unpickling), and only the writer rank
 (rank 0 under torchrun) touches the disk.
 
 Layout::
 
     run/
-      config.yaml        the run's configuration (yaml.safe_dump)
-      checkpoints/       step-000001000.pt ... (the newest K kept)
+      config.yaml        the run's configuration (yaml.safe_dump; changes made on
+                         resume are recorded as "config_change" lines in metrics.jsonl)
+      .lock              flock'ed by the one process writing into the run (holds its pid)
+      checkpoints/       step-000001000.pt ... (the newest K kept; each ends with the
+                         sha256 of its contents and is verified before it is used)
       metrics.jsonl      one JSON object per line
+      supernet.safetensors  final weights, their sha256 in the safetensors metadata
       search/            search results
       exports/           exported subnets
       report.md          summary, next to its plots
@@ -19,23 +23,39 @@ Layout::
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import hashlib
+import io
 import json
 import os
 import random
 import re
-import tempfile
 import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
 
-from widthsearch.errors import WidthSearchError
+from widthsearch.errors import (
+    CheckpointError,
+    RunError,
+    RunLockedError,
+    WidthSearchError,
+)
+from widthsearch.safeio import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_checksummed,
+    safe_torch_load,
+    write_checksummed,
+)
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
@@ -43,61 +63,14 @@ METRICS_FILE = "metrics.jsonl"
 SEARCH_DIR = "search"
 EXPORTS_DIR = "exports"
 REPORT_FILE = "report.md"
+LOCK_FILE = ".lock"
+SUPERNET_FILE = "supernet.safetensors"
 CHECKPOINT_RE = re.compile(r"^step-(\d+)\.pt$")
-_UNSAFE_GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 # What torch.load(weights_only=True) accepts (exact types: np.float64 and friends are refused).
 _SCALAR_TYPES = (int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device)
 _SEQUENCE_TYPES = (list, tuple, set, torch.Size)
 _MAPPING_TYPES = (dict, OrderedDict)
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable; best effort (not every OS can open a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it.
-
-    The rename is atomic on one filesystem, so a reader (or a resume after a kill) sees
-    either the old file or the complete new one, never half of it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that a kill never leaves a half-written file."""
-    return atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
-    """Text version of :func:`atomic_write_bytes`."""
-    return atomic_write_bytes(path, text.encode(encoding))
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -180,24 +153,107 @@ def _check_loadable(obj: Any, where: str = "state") -> None:
 
 
 def _load_one(path: Path) -> dict[str, Any]:
-    """Load one checkpoint safely; every failure becomes a WidthSearchError naming the file.
+    """Load one checkpoint after verifying its checksum; failures name the file.
 
-    torch's own messages suggest retrying with weights_only=False; ours deliberately do not.
+    A file without our checksum trailer is probed with safe loading only to name refused
+    code as such; it is never used, since nothing vouches for its contents.
     """
+    what = f"checkpoint {path}"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WidthSearchError(f"checkpoint {path} does not exist") from None
-    except Exception as e:  # corrupt zip, truncated file, refused global, ...
-        refused = _UNSAFE_GLOBAL_RE.search(str(e))
-        if refused:
-            reason = f"it holds {refused.group(1)}, which safe (weights_only) loading refuses"
-        else:
-            reason = f"it is corrupt or truncated ({type(e).__name__})"
-        raise WidthSearchError(f"cannot load checkpoint {path}: {reason}") from e
+        data = read_checksummed(path)
+    except CheckpointError as e:
+        if type(e) is CheckpointError and path.is_file():
+            with contextlib.suppress(CheckpointError):
+                safe_torch_load(path, what)  # raises UntrustedFileError for planted code
+        raise
+    state = safe_torch_load(data, what)
     if not isinstance(state, dict):
-        raise WidthSearchError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
+        raise CheckpointError(f"{what} holds a {type(state).__name__}, not a dict")
+    match = CHECKPOINT_RE.match(path.name)
+    if match and state.get("step") != int(match.group(1)):
+        raise CheckpointError(f"{what} holds step {state.get('step')!r}, not the step its "
+                              "name says")
     return state
+
+
+class RunLock:
+    """An exclusive `flock` on ``run/.lock``: one writing process per run directory.
+
+    The kernel drops the lock when its holder exits, however it exits (Ctrl-C, kill -9),
+    so a lock file left behind by a dead process never blocks anyone. The holder writes
+    its pid into the file so the refusal can name it. Re-entrant within one RunLock.
+    """
+
+    def __init__(self, run_path: Path) -> None:
+        self.path = run_path / LOCK_FILE
+        self._fd: int | None = None
+        self._depth = 0
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        """Take the lock or raise RunLockedError naming the process that holds it."""
+        if self._fd is not None:
+            self._depth += 1
+            return
+        from widthsearch.safeio import file_mode
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            who = f"process {holder}" if holder.isdigit() else "another process"
+            raise RunLockedError(
+                f"{self.path.parent} is in use: {who} is writing into it; wait for it "
+                "to finish (or stop it), then retry") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd, self._depth = fd, 1
+
+    def release(self) -> None:
+        """Drop one level of the lock; the last release unlocks and closes the file."""
+        if self._fd is None:
+            return
+        self._depth -= 1
+        if self._depth > 0:
+            return
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self._depth = 1
+        self.release()
+
+
+def config_identity(config: dict[str, Any], ignore: Iterator[str] | set[str] = frozenset()) -> str:
+    """A short hash of a run config without the `ignore`d "section.key" fields.
+
+    Checkpoints carry it, so a checkpoint copied in from another run (another model, data
+    or seed) is recognised as foreign instead of loading into the wrong run.
+    """
+    ignored = set(ignore)
+    kept = {section: {k: v for k, v in values.items() if f"{section}.{k}" not in ignored}
+            if isinstance(values, dict) else values for section, values in config.items()}
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- metrics
@@ -288,6 +344,10 @@ class RunDir:
         """Wrap ``path`` without checking it; use :meth:`create` or :meth:`open`."""
         self.path = Path(path)
         self.rank = rank
+        self.lock = RunLock(self.path)
+        """Held by the process writing into the run (`with run.lock:`); no-op off rank 0."""
+        if not self.is_writer:
+            self.lock = _NoLock(self.path)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r}, rank={self.rank})"
@@ -322,6 +382,10 @@ class RunDir:
         return self.path / REPORT_FILE
 
     @property
+    def supernet_path(self) -> Path:
+        return self.path / SUPERNET_FILE
+
+    @property
     def metrics(self) -> MetricsLog:
         """The run's metrics log, writing only on the writer rank."""
         return MetricsLog(self.metrics_path, rank=self.rank)
@@ -345,21 +409,53 @@ class RunDir:
         run = cls(path, rank=rank)
         if not run.is_writer:
             return run
-        if run.config_path.exists() and not exist_ok:
-            raise WidthSearchError(
-                f"{run.path} already holds a run (it has {CONFIG_FILE}); "
-                "resume it or choose another directory"
-            )
         if run.path.exists() and not run.path.is_dir():
-            raise WidthSearchError(f"{run.path} exists and is not a directory")
+            raise RunError(f"{run.path} exists and is not a directory")
         try:
             text = yaml.safe_dump(config, sort_keys=False)
         except yaml.YAMLError as e:
             raise WidthSearchError(f"the run config is not plain YAML data: {e}") from e
-        for sub in (run.checkpoints, run.search_dir, run.exports_dir):
-            sub.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run.config_path, text)
+        with run.lock:
+            if run.config_path.exists() and not exist_ok:
+                if not run.is_unstarted():
+                    raise RunError(
+                        f"{run.path} already holds a run (it has {CONFIG_FILE}); "
+                        "resume it or choose another directory"
+                    )
+                # A run that stopped before its first checkpoint left nothing to resume:
+                # its folder must not block a retry, and its log must not mix into it.
+                run.metrics_path.unlink(missing_ok=True)
+            for sub in (run.checkpoints, run.search_dir, run.exports_dir):
+                sub.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run.config_path, text)
         return run
+
+    def is_unstarted(self) -> bool:
+        """True when the folder holds no checkpoint and no result: nothing to resume or lose."""
+        return not (self.list_checkpoints() or self.has_results())
+
+    def has_results(self) -> bool:
+        """Whether the run produced something durable: final weights, search results,
+        exports or an evaluated epoch (each epoch ends with a checkpoint)."""
+        if self.supernet_path.exists():
+            return True
+        for sub in (self.search_dir, self.exports_dir):
+            if sub.is_dir() and any(sub.iterdir()):
+                return True
+        try:
+            return any(r.get("kind") == "epoch" for r in self.metrics.read())
+        except WidthSearchError:
+            return True  # an unreadable log is not evidence that nothing happened
+
+    def update_config(self, config: dict[str, Any], changes: dict[str, tuple[Any, Any]],
+                      step: int) -> None:
+        """Replace config.yaml with ``config`` and record ``changes`` (key -> (old, new))
+        in the metrics log, so the run's history says what changed and when."""
+        if not self.is_writer or not changes:
+            return
+        atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
+        self.metrics.log(kind="config_change", step=step,
+                         changes={k: {"old": old, "new": new} for k, (old, new) in changes.items()})
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, rank: int = 0) -> RunDir:
@@ -370,7 +466,7 @@ class RunDir:
         if not run.config_path.is_file():
             raise WidthSearchError(
                 f"{run.path} is not a widthsearch run directory (no {CONFIG_FILE}); "
-                "start a new run there instead of resuming"
+                f"train one there first (widthsearch train --run-dir {run.path})"
             )
         return run
 
@@ -381,7 +477,12 @@ class RunDir:
         except FileNotFoundError:
             raise WidthSearchError(f"{self.config_path} does not exist") from None
         except yaml.YAMLError as e:
-            raise WidthSearchError(f"{self.config_path} is not valid YAML: {e}") from e
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(e, "problem", None) or type(e).__name__
+            raise RunError(f"{self.config_path} is not valid YAML{where}: {problem}") from None
+        except UnicodeDecodeError:
+            raise RunError(f"{self.config_path} is not UTF-8 text") from None
         if config is None:
             return {}
         if not isinstance(config, dict):
@@ -389,6 +490,28 @@ class RunDir:
                 f"{self.config_path} must hold a mapping, not a {type(config).__name__}"
             )
         return config
+
+    # final weights
+    def save_supernet_weights(self, state: dict[str, torch.Tensor], step: int) -> Path | None:
+        """Write supernet.safetensors atomically, its tensors' sha256 in its metadata."""
+        if not self.is_writer:
+            return None
+        from widthsearch.safeio import save_safetensors_verified
+
+        try:
+            return save_safetensors_verified(self.supernet_path, state, {"step": str(step)})
+        except OSError as e:
+            raise CheckpointError(f"cannot write {self.supernet_path}: {e.strerror or e}; "
+                                  "the checkpoints are intact") from None
+
+    def load_supernet_weights(self) -> dict[str, torch.Tensor]:
+        """The tensors of supernet.safetensors after verifying their checksum."""
+        from widthsearch.safeio import load_safetensors_verified
+
+        if not self.supernet_path.is_file():
+            raise RunError(f"{self.path} has no {SUPERNET_FILE}: the run has not finished "
+                           f"(resume it with widthsearch train --resume {self.path})")
+        return load_safetensors_verified(self.supernet_path)[0]
 
     # checkpoints
     def checkpoint_path(self, step: int) -> Path:
@@ -411,11 +534,13 @@ class RunDir:
         return found[-1] if found else None
 
     def save_checkpoint(self, state: dict[str, Any], step: int, *, keep: int = 3) -> Path | None:
-        """Atomically write ``state`` (plus ``"step"``) and delete all but the newest ``keep``.
+        """Atomically write ``state`` (plus ``"step"``) with its checksum, then delete all
+        but the newest ``keep``.
 
         ``state`` must be weights_only-loadable (tensors, numbers, strings, lists, tuples,
-        dicts); anything else is refused now rather than at resume. Returns None on
-        non-writer ranks, which write nothing.
+        dicts); anything else is refused now rather than at resume. A failed write (a full
+        disk) leaves the earlier checkpoints as they were and raises one CheckpointError.
+        Returns None on non-writer ranks, which write nothing.
         """
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
@@ -425,45 +550,77 @@ class RunDir:
             return None
         payload = {**state, "step": step}
         _check_loadable(payload)
-        path = atomic_write(self.checkpoint_path(step), lambda f: torch.save(payload, f))
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        target = self.checkpoint_path(step)
+        previous = [p for p in self.list_checkpoints() if p != target]
+        try:
+            path = write_checksummed(target, buffer.getvalue())
+        except OSError as e:
+            kept = (f"the previous checkpoint {previous[-1].name} is intact" if previous
+                    else "no earlier checkpoint exists")
+            raise CheckpointError(f"cannot write checkpoint {target}: "
+                                  f"{e.strerror or e}; {kept}") from None
         for old in self.list_checkpoints()[:-keep]:
             old.unlink(missing_ok=True)
         return path
 
-    def load_checkpoint(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-        """Load the given checkpoint, or the newest readable one, safely onto the CPU.
+    def load_checkpoint(self, path: str | os.PathLike[str] | None = None, *,
+                        accept: Callable[[dict[str, Any], Path], None] | None = None
+                        ) -> dict[str, Any]:
+        """Load the given checkpoint, or the newest one that verifies, safely onto the CPU.
 
-        Without ``path``, an unreadable newest checkpoint (damaged on disk, or copied
-        half-way) is skipped with a warning in favour of the one before it.
+        Without ``path``, a newest checkpoint that fails (damaged, cut short, planted,
+        or refused by ``accept(state, path)``, which raises CheckpointError for a state
+        that does not belong to the run) is skipped with a warning naming it and why, in
+        favour of the one before it. A run never continues from a file it cannot verify.
         """
         if path is not None:
-            return _load_one(Path(path))
+            state = _load_one(Path(path))
+            if accept is not None:
+                accept(state, Path(path))
+            return state
         candidates = self.list_checkpoints()
         if not candidates:
-            raise WidthSearchError(f"{self.checkpoints} has no checkpoints to resume from")
+            raise CheckpointError(f"{self.checkpoints} has no checkpoints to resume from")
         errors: list[str] = []
         for candidate in reversed(candidates):
             try:
                 state = _load_one(candidate)
+                if accept is not None:
+                    accept(state, candidate)
             except WidthSearchError as e:
                 errors.append(str(e))
                 continue
             if errors:
                 warnings.warn(
-                    f"skipped unreadable checkpoint(s), resuming from {candidate.name}: "
+                    f"skipped unusable checkpoint(s), resuming from {candidate.name}: "
                     + "; ".join(errors),
                     stacklevel=2,
                 )
             return state
-        raise WidthSearchError("no readable checkpoint: " + "; ".join(errors))
+        raise CheckpointError("no usable checkpoint: " + "; ".join(errors))
+
+
+class _NoLock(RunLock):
+    """The lock of a non-writer rank: rank 0 holds the real one."""
+
+    def acquire(self) -> None:
+        return None
+
+    def release(self) -> None:
+        return None
 
 
 __all__ = [
+    "CheckpointError",
     "MetricsLog",
     "RunDir",
+    "RunLock",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
     "capture_rng_state",
+    "config_identity",
     "restore_rng_state",
 ]

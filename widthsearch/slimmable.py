@@ -310,7 +310,7 @@ def load_slimmable(path: str | Path, model: nn.Module | None = None) -> Slimmabl
     from safetensors.torch import load_file
 
     from . import models
-    from .build import _space_from_json
+    from .build import space_from_json
     from .patterns import LocallyFree
 
     path = Path(path)
@@ -334,7 +334,7 @@ def load_slimmable(path: str | Path, model: nn.Module | None = None) -> Slimmabl
     s = record.get("supernet", {})
     net = Supernet(model, torch.zeros(1, *record["input_shape"]), pattern=pattern,
                    min_ratio=float(s.get("min_ratio", 0.25)), divisions=int(s.get("divisions", 16)))
-    net.set_space(_space_from_json(net.space, space))
+    net.set_space(space_from_json(net.space, space))
     weights = {k[len("weights/"):]: v for k, v in tensors.items() if k.startswith("weights/")}
     try:
         net.load_state_dict(weights)

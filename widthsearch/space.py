@@ -8,6 +8,7 @@ allowed width to every group; it is immutable so it can be hashed, cached and lo
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -69,6 +70,16 @@ def _compact(values: Sequence[int]) -> str:
     if len(values) <= 6:
         return ", ".join(map(str, values))
     return f"{values[0]}, {values[1]}, ..., {values[-2]}, {values[-1]} ({len(values)} widths)"
+
+
+def _is_integral(value: object) -> bool:
+    """Whole numbers only: 16.5 is refused rather than cut to 16."""
+    if not isinstance(value, numbers.Real):  # "16" is not a width, 16 and np.int64(16) are
+        return False
+    try:
+        return float(value) == int(value)
+    except (ValueError, OverflowError):
+        return False
 
 
 def default_choices(size: int, *, min_ratio: float, step: int) -> tuple[int, ...]:
@@ -274,6 +285,9 @@ class WidthSpace:
         """The config as a WidthConfig; missing groups default to full width."""
         for name, width in config.items():
             group = self[name]
+            if isinstance(width, bool) or not _is_integral(width):
+                raise WidthSearchError(f"width {width!r} for group {name!r} is not a whole "
+                                       f"number of channels; allowed: {_compact(group.choices)}")
             if int(width) not in group.choices:
                 raise WidthSearchError(
                     f"width {width} is not allowed for group {name!r} "

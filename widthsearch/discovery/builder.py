@@ -8,6 +8,7 @@ it through `RuleContext.builder`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from fractions import Fraction
@@ -46,9 +47,11 @@ class _Builder:
         self.fixed_macs: list[tuple[str, float]] = []
         self.parameters: dict[str, tuple[int, Layout]] = {}  # name -> (axis, layout)
         self.parameter_uses: dict[str, set[fx.Node]] = {}
+        self.constant_views: set[fx.Node] = set()  # size-1 reshapes of a parameter
         self.messages: list[str] = []
         self.limited: dict[str, str] = {}  # ops a rule knows but cannot slim: name -> why
         self.cut_error = ""  # why the last split of channels into equal parts failed
+        self.refined: dict[int, tuple[int, ...]] = {}  # root -> the spaces it was cut into
 
     # union-find
     def new_space(self, size: int, producer: str, *, fixed: str | None = None) -> int:
@@ -73,6 +76,14 @@ class _Builder:
         if ra > rb:
             ra, rb = rb, ra
         self.parent[rb] = ra
+        if rb in self.refined:  # the merged set is cut as the refined one was
+            moved = self.refined.pop(rb)
+            if ra not in self.refined:
+                self.refined[ra] = moved
+            elif [self.size[self.find(p)] for p in moved] == [
+                    self.size[self.find(p)] for p in self.refined[ra]]:
+                for x, y in zip(self.refined[ra], moved, strict=True):
+                    self.union(x, y)
         for table in (self.producers, self.consumers, self.members):
             table.setdefault(ra, []).extend(table.pop(rb, []))
         if rb in self.fixed:
@@ -83,10 +94,60 @@ class _Builder:
                 table[ra] = math.lcm(table.get(ra, 1), g)
 
     # segments: a space id, a Part of one, or a Mix of segment lists
+    def expand(self, segments: Iterable[Any]) -> tuple:
+        """`segments` with every space that was cut into consecutive spaces (`refine`)
+        replaced by those spaces."""
+        out: list[Any] = []
+        for seg in segments:
+            if isinstance(seg, Mix):
+                out.append(Mix(tuple(self.expand(p) for p in seg.parts)))
+            elif not isinstance(seg, Part) and self.find(seg) in self.refined:
+                out.extend(self.expand(self.refined[self.find(seg)]))
+            else:
+                out.append(seg)
+        return tuple(out)
+
+    def expand_layout(self, layout: Layout | None) -> Layout | None:
+        if layout is None or not self.refined:
+            return layout
+        return Layout(layout.dim, self.expand(layout.segments), layout.inner, layout.by)
+
+    def refine(self, space: int, sizes: list[int], where: str) -> bool:
+        """Cut one space into consecutive spaces of `sizes` (a conv's output added to a
+        concatenation: each of its output channels is a row of its own, so the rows that
+        meet one concatenated piece can follow that piece's width). Not for a space already
+        cut into blocks, held in whole units or shuffled."""
+        r = self.find(space)
+        if (sum(sizes) != self.size[r] or len(sizes) < 2 or r in self.blocks
+                or r in self.granularity or r in self.refined or self._shuffled(r)):
+            return False
+        parts = []
+        for size in sizes:
+            sid = self.new_space(size, where)
+            for table in (self.producers, self.consumers, self.members):
+                table[sid] = list(table.get(r, []))
+            if r in self.fixed:
+                self.fixed[sid] = self.fixed[r]
+            parts.append(sid)
+        self.refined[r] = tuple(parts)
+        return True
+
+    def _shuffled(self, root: int) -> bool:
+        """Whether a channel shuffle (a Mix) holds a space of this set."""
+        def walk(v: Any) -> bool:
+            if isinstance(v, Traced):
+                return v.layout is not None and any(
+                    isinstance(seg, Mix) and root in {self.find(x) for x in self.leaves((seg,))}
+                    for seg in v.layout.segments)
+            if isinstance(v, (list, tuple)):
+                return any(walk(x) for x in v)
+            return False
+        return any(walk(v) for v in self.values.values())
+
     def leaves(self, segments: Iterable[Any]) -> list[int]:
         """The space ids a segment list refers to."""
         out: list[int] = []
-        for seg in segments:
+        for seg in self.expand(segments) if self.refined else segments:
             if isinstance(seg, Mix):
                 for part in seg.parts:
                     out.extend(self.leaves(part))
@@ -135,7 +196,9 @@ class _Builder:
         for other in layouts[1:]:
             found = None
             if other.inner == first.inner and other.by == first.by:
-                found = self._pairs(first.segments, other.segments)
+                self._refine_to_match(first.segments, other.segments, where)
+                self._refine_to_match(other.segments, first.segments, where)
+                found = self._pairs(self.expand(first.segments), self.expand(other.segments))
             if found is None:
                 for lay in layouts:
                     self.fix(lay, f"{where}: {why} joins channels that do not line up")
@@ -144,6 +207,14 @@ class _Builder:
         for a, b in pairs:
             self.union(a, b)
         return first
+
+    def _refine_to_match(self, one: tuple, many: tuple, where: str) -> None:
+        """A single space meeting a concatenation of whole spaces is cut to match it."""
+        one, many = self.expand(one), self.expand(many)
+        if (len(one) == 1 and not isinstance(one[0], (Part, Mix)) and len(many) > 1
+                and not any(isinstance(seg, (Part, Mix)) for seg in many)
+                and self.find(one[0]) not in {self.find(seg) for seg in many}):
+            self.refine(one[0], [self.seg_size(seg) for seg in many], where)
 
     def split(self, segments: tuple, k: int) -> list[tuple] | None:
         """Cut a segment list into `k` lists of equal full size (a chunk along channels).
@@ -295,7 +366,10 @@ class _Builder:
 
     def resolve(self, arg: Any) -> Any:
         if isinstance(arg, fx.Node):
-            return self.values.get(arg)
+            value = self.values.get(arg)
+            if self.refined and isinstance(value, Traced) and value.layout is not None:
+                return dataclasses.replace(value, layout=self.expand_layout(value.layout))
+            return value
         if isinstance(arg, tuple) and hasattr(arg, "_fields"):  # a namedtuple
             return type(arg)(*(self.resolve(a) for a in arg))
         if isinstance(arg, (list, tuple)):
@@ -307,7 +381,7 @@ class _Builder:
     def group_layout(self, layout: Layout | None, names: dict[int, str]) -> GroupLayout | None:
         if layout is None:
             return None
-        return GroupLayout(self._named(layout.segments, names), layout.inner)
+        return GroupLayout(self._named(self.expand(layout.segments), names), layout.inner)
 
     def _named(self, segments: tuple, names: dict[int, str]) -> tuple:
         out: list[Any] = []

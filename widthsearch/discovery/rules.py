@@ -64,6 +64,16 @@ RULES = RuleTable()
 
 register_rule = RULES.register
 
+FALLBACK_LEAVES: list[Callable[[], tuple[type, ...]]] = []
+"""Module classes a library declares untraceable by torch.fx (timm's notrace modules): a
+model whose trace fails is traced again with them kept whole (their channels are then
+fixed unless they have a rule)."""
+
+DEFERRED_FAMILIES: list[Callable[[RuleTable], object]] = []
+"""Rule families for an optional library (timm): each installer is called with `RULES` at
+every discovery and registers its rules once that library has been imported, so importing
+widthsearch never imports it."""
+
 
 class RuleContext:
     """What a rule sees of one node: its inputs' layouts and shapes, and the builder."""
@@ -195,7 +205,7 @@ def _module_output(ctx: RuleContext, size: int, dim: int) -> Layout:
     if ctx.name not in b.module_out:
         b.module_out[ctx.name] = Layout(dim, (ctx.new_space(size),))
     out = b.module_out[ctx.name]
-    return Layout(dim, out.segments)
+    return Layout(dim, b.expand(out.segments))
 
 
 def _constant_input(ctx: RuleContext, x: Traced, dim: int) -> Layout:

@@ -32,6 +32,8 @@ from .records import (
 )
 from .rules import (
     _SPLIT_AWARE,
+    DEFERRED_FAMILIES,
+    FALLBACK_LEAVES,
     RULES,
     RuleContext,
     RuleTable,
@@ -47,12 +49,13 @@ from .rules import (
 class _Tracer(fx.Tracer):
     """Keeps every module that has a rule as one node, so rules see whole modules."""
 
-    def __init__(self, rules: RuleTable) -> None:
+    def __init__(self, rules: RuleTable, leaves: tuple[type, ...] = ()) -> None:
         super().__init__()
         self.rules = rules
+        self.leaves = leaves
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if self.rules.module_rule(m) is not None:
+        if self.rules.module_rule(m) is not None or type(m) in self.leaves:
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -70,6 +73,16 @@ def trace(model: nn.Module, rules: RuleTable | None = None, *, training: bool = 
     try:
         graph = tracer.trace(model)
     except Exception as err:
+        leaves = tuple(cls for declared in FALLBACK_LEAVES for cls in declared())
+        if leaves:
+            try:
+                tracer = _Tracer(rules or RULES, leaves)
+                graph = tracer.trace(model)
+                return fx.GraphModule(tracer.root, graph)
+            except Exception:  # noqa: S110 - the first error names the construct
+                pass
+            finally:
+                model.train(was_training)
         raise WidthSearchError(
             f"torch.fx cannot trace {type(model).__name__}: {err}. widthsearch needs a "
             "forward without data-dependent Python control flow."
@@ -181,12 +194,33 @@ def _apply_rule(b: _Builder, node: fx.Node, result: Any) -> Any:
     else:
         layout = rule(ctx)
     traced = _describe(result, layout)
+    traced = _constant_view(b, node, inputs, traced)
     outputs = [t for t in _flatten(traced) if isinstance(t, Traced)]
     b.note_buffers(inputs, _paired(traced, result))
     if outputs and (inputs or module is not None):
         tensors = inputs + outputs
         b.ops.append((ctx.name, tensors, tuple(b.buffer_of.get(id(t)) for t in tensors)))
     return traced
+
+
+_VIEWS = ("reshape", "view", "unsqueeze", "squeeze", torch.reshape, torch.unsqueeze,
+          torch.squeeze)
+
+
+def _constant_view(b: _Builder, node: fx.Node, inputs: list[Traced], traced: Any) -> Any:
+    """A parameter reshaped by size-1 axes only (`gamma.reshape(1, -1, 1, 1)`) is still
+    that parameter, so a rule can bind it; the view node is remembered as transparent."""
+    if (not isinstance(traced, Traced) or traced.layout is not None or len(inputs) != 1
+            or inputs[0].constant is None or node.target not in _VIEWS):
+        return traced
+    if [s for s in inputs[0].shape if s != 1] != [s for s in traced.shape if s != 1]:
+        return traced
+    sizes = [a for a in _flatten([list(node.args[1:]), list(node.kwargs.values())])
+             if isinstance(a, int) and not isinstance(a, bool)]
+    if node.target in ("view", "reshape", torch.reshape) and any(a > 1 for a in sizes):
+        return traced  # sized by a number written in the model: it cannot follow a width
+    b.constant_views.add(node)
+    return Traced(traced.shape, None, constant=inputs[0].constant)
 
 
 def discover(
@@ -200,6 +234,8 @@ def discover(
     """
     from torch.utils.flop_counter import FlopCounterMode
 
+    for install in DEFERRED_FAMILIES:  # timm's layers, once timm is loaded
+        install(RULES)
     gm = trace(model, rules)
     builder = _Builder(gm, rules or RULES)
     args = example_input if isinstance(example_input, tuple) else (example_input,)
@@ -274,14 +310,22 @@ def _record_training_graph(b: _Builder, gm: fx.GraphModule, args: tuple, model: 
         del b.layers[kept[0]:], b.ops[kept[1]:], b.fixed_macs[kept[2]:]
 
 
+def _through_views(b: _Builder, node: fx.Node) -> set[fx.Node]:
+    """The users of `node`, looking through the constant views of it."""
+    out: set[fx.Node] = set()
+    for u in node.users:
+        out |= _through_views(b, u) if u in b.constant_views else {u}
+    return out
+
+
 def _finish(b: _Builder, model: nn.Module) -> ChannelGraph:
     for pname, uses in b.parameter_uses.items():  # slice a parameter only if every use can
         users = {u for node in b.values if node.op == "get_attr" and node.target == pname
-                 for u in node.users}
+                 for u in _through_views(b, node)}
         if not users <= uses:
             axis, layout = b.parameters.pop(pname)
             b.fix(layout, f"the parameter {pname!r} is also used where it cannot be sliced")
-    roots = sorted({b.find(s) for s in range(len(b.parent))})
+    roots = sorted({b.find(s) for s in range(len(b.parent))} - set(b.refined))
     names: dict[int, str] = {}
     taken: set[str] = set()
     for r in roots:

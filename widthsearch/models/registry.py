@@ -1,7 +1,8 @@
 """One registry for every model widthsearch can build (timm style: `get`, `list`).
 
 Zoo builders register themselves with `@register`; names of the form "torchvision:<name>"
-resolve to torchvision's classification models (see `tv.py`). Every model built by `get`
+resolve to torchvision's classification models (see `tv.py`), "timm:<name>" to timm's
+(`timm.py`, an optional extra). Every model built by `get`
 remembers how it was built in `model.widthsearch_spec`, so a saved subnet can be rebuilt
 from JSON alone: `get(spec["name"], **spec["kwargs"])`.
 """
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from widthsearch.errors import WidthSearchError
+from widthsearch.models import timm as timm_zoo
 from widthsearch.models import tv
 
 __all__ = [
@@ -58,7 +60,7 @@ def register(
     if not name or ":" in name:
         raise WidthSearchError(
             f"invalid model name {name!r}: it must be non-empty and must not contain ':' "
-            "(the 'torchvision:' prefix is reserved)"
+            "(the 'torchvision:' and 'timm:' prefixes are reserved)"
         )
     size = tuple(int(v) for v in default_input_size)
     if len(size) != 3 or min(size) < 1:
@@ -81,15 +83,18 @@ def is_registered(name: str) -> bool:
     """True if `get(name)` can build this model (zoo name or known torchvision name)."""
     if name.startswith(tv.PREFIX):
         return name[len(tv.PREFIX) :] in tv.model_names()
+    if name.startswith(timm_zoo.PREFIX):
+        return timm_zoo.is_known(name[len(timm_zoo.PREFIX) :])
     return name in _REGISTRY
 
 
 def list_models(pattern: str | None = None) -> list[str]:
-    """Every model name `get` accepts: zoo names, then "torchvision:<name>".
+    """Every model name `get` accepts: zoo names, "torchvision:<name>", "timm:<name>".
 
     `pattern` is an optional shell-style filter, e.g. `list("torchvision:resnet*")`.
     """
     names = sorted(_REGISTRY) + [tv.PREFIX + n for n in tv.model_names()]
+    names += [timm_zoo.PREFIX + n for n in timm_zoo.model_names()]
     if pattern is not None:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
     return names
@@ -105,6 +110,9 @@ def get(name: str, **kwargs: Any) -> nn.Module:
     _json_kwargs(name, kwargs)  # reject unserializable kwargs before building anything
     if name.startswith(tv.PREFIX):
         model = tv.build(name[len(tv.PREFIX) :], **kwargs)
+        recorded = dict(kwargs)
+    elif name.startswith(timm_zoo.PREFIX):
+        model = timm_zoo.build(name[len(timm_zoo.PREFIX) :], **kwargs)
         recorded = dict(kwargs)
     else:
         entry = _entry(name)
@@ -128,6 +136,8 @@ def default_input_size(name: str, in_channels: int | None = None) -> tuple[int, 
     """The (C, H, W) input the model is meant for; C is `in_channels` when given."""
     if name.startswith(tv.PREFIX):
         size = tv.default_input_size(_tv_name(name))
+    elif name.startswith(timm_zoo.PREFIX):
+        size = timm_zoo.default_input_size(name[len(timm_zoo.PREFIX) :])
     else:
         size = _entry(name).default_input_size
     if in_channels is not None:
@@ -141,6 +151,8 @@ def smallest_input_size(name: str) -> int:
     """A small square side (pixels) the model runs at, in train and eval mode."""
     if name.startswith(tv.PREFIX):
         return tv.smallest_input_size(_tv_name(name))
+    if name.startswith(timm_zoo.PREFIX):
+        return timm_zoo.smallest_input_size(name[len(timm_zoo.PREFIX) :])
     return _entry(name).smallest_input_size
 
 
@@ -165,7 +177,8 @@ def _unknown_message(name: str) -> str:
     return (
         f"unknown model {name!r}.{hint} Known models: {', '.join(known)}. "
         f'Any torchvision classification model is also available as "{tv.PREFIX}<name>" '
-        f'(e.g. "{tv.PREFIX}resnet18"); see widthsearch.models.list().'
+        f'(e.g. "{tv.PREFIX}resnet18"), and any timm model as "{timm_zoo.PREFIX}<name>" '
+        f'(pip install widthsearch[timm]); see widthsearch.models.list().'
     )
 
 

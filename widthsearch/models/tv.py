@@ -179,14 +179,18 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WidthSearchError(f"pretrained_path {path!r} does not exist or is not a file")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
 
+        try:
             return load_file(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file or pickled objects refused by weights_only
-        raise WidthSearchError(f"cannot load weights from {path!r}: {e}") from e
+        except (SafetensorError, OSError) as e:
+            raise WidthSearchError(f"cannot load weights from {path!r}: not a readable "
+                                   f"safetensors file ({' '.join(str(e).split())})") from None
+    from ..safeio import safe_torch_load
+
+    state = safe_torch_load(path, f"pretrained_path {path!r}", damaged=WidthSearchError)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

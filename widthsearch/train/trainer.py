@@ -52,9 +52,9 @@ from rich.progress import (
 from ..build import build_run_data, build_supernet, write_space
 from ..config import RunConfig, load_config
 from ..data import DataBundle
-from ..errors import WidthSearchError
+from ..errors import CheckpointError, NumericsError, RunError, WidthSearchError
 from ..evaluate import Evaluator
-from ..runs import RunDir, capture_rng_state, restore_rng_state
+from ..runs import RunDir, capture_rng_state, config_identity, restore_rng_state
 from ..seeds import SEED_STEP, derive_seed
 from ..space import WidthConfig
 from ..supernet import Supernet
@@ -68,6 +68,8 @@ from .distributed import (
     broadcast_module,
     init_distributed,
 )
+from .numerics import non_finite_report
+from .outputs import AuxLoss, MainLogits
 from .samplers import build_sampler
 from .strategies import build_strategy, identity
 
@@ -76,7 +78,7 @@ __all__ = [
     "build_scheduler", "derive_seed", "lr_factor", "step_generator",
 ]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 EVAL_WIDTHS = ("max", "mid", "min")
 """The widths evaluated after every epoch: full, every group near half, every group minimal."""
 RESUME_OVERRIDABLE = {
@@ -85,6 +87,12 @@ RESUME_OVERRIDABLE = {
     "train.eval_max_batches", "data.root", "data.workers",
 }
 """Settings a resumed run may change: they do not change what the run computes."""
+RESUME_ADJUSTABLE = {"optim.lr", "optim.grad_clip"}
+"""Settings a resumed run may change on purpose (after a divergence, say): the new value
+applies from the resumed step on, config.yaml keeps it and metrics.jsonl records the change
+("config_change"). Every other setting changes what the steps so far meant."""
+_CHECKPOINT_KEYS = ("format", "step", "total_steps", "identity", "model", "optimizer",
+                    "scheduler", "strategy", "train_loader", "rng")
 
 # ------------------------------------------------------------------------------ seeds, schedule
 
@@ -291,8 +299,9 @@ class Trainer:
                  _existing: RunDir | None = None) -> None:
         self.config = config if isinstance(config, RunConfig) else load_config(config)
         cfg = self.config
-        if run_dir is not None and _existing is None and RunDir(run_dir).config_path.exists():
-            raise WidthSearchError(f"{run_dir} already holds a run; resume it (widthsearch "
+        if (run_dir is not None and _existing is None and RunDir(run_dir).config_path.exists()
+                and not RunDir(run_dir).is_unstarted()):
+            raise RunError(f"{run_dir} already holds a run; resume it (widthsearch "
                                    f"train --resume {run_dir}) or choose another directory")
         self.dist = dist if dist is not None else init_distributed(cfg.train.device)
         self.device = self.dist.device
@@ -322,7 +331,9 @@ class Trainer:
             self.strategy.attach(total_steps=self.total_steps, val=self.data.val)
         self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.warmup_steps)
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        self.train_net = MainLogits(self.net)
+        self.loss_fn = AuxLoss(nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
+                               self.train_net)
         self.precision = _Precision(cfg.train.amp, self.device, self.net)
         self.reduce_mean = all_reduce_mean if self.dist.distributed else identity
 
@@ -332,11 +343,15 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self._epoch_losses: list[float] = []
         self._train_losses: list[float] = []
+        self._disk_state: tuple[str, ...] = ()
+        """The checkpoint files on disk when this trainer took the run: a fit refuses to
+        write over a run another process moved on since."""
 
         if _existing is not None:
             self.run: RunDir | None = _existing
         elif run_dir is not None:
             self.run = RunDir.create(run_dir, cfg.to_dict(), rank=self.dist.rank)
+            self.run.lock.acquire()
             if self.dist.is_main:
                 write_space(self.run, self.net)  # what load_supernet reads back
             barrier()
@@ -383,24 +398,95 @@ class Trainer:
         A run without a checkpoint yet starts from step 0.
         """
         probe = RunDir.open(run_dir)
+        allowed = RESUME_OVERRIDABLE | RESUME_ADJUSTABLE
         for text in overrides:
             key = text.partition("=")[0].strip()
-            if key not in RESUME_OVERRIDABLE:
+            if key not in allowed:
                 raise WidthSearchError(
                     f"cannot change {key} when resuming (it would change the run); allowed: "
-                    + ", ".join(sorted(RESUME_OVERRIDABLE)))
+                    + ", ".join(sorted(allowed)))
+        original = load_config(probe.read_config())
         config = load_config(probe.read_config(), overrides)
+        changes = {key: (old, new) for key in sorted(RESUME_ADJUSTABLE)
+                   if (old := _get(original, key)) != (new := _get(config, key))}
         if dist is None:
             dist = init_distributed(config.train.device)
         run = RunDir.open(run_dir, rank=dist.rank)
-        trainer = cls(config, dist=dist, console=console, progress=progress,
-                      build_net=build_net, _existing=run)
-        if run.latest_checkpoint() is None:
-            run.metrics.truncate_after(0)
-        else:
-            trainer.load_state(run.load_checkpoint())
+        run.lock.acquire()
+        try:
+            trainer = cls(config, dist=dist, console=console, progress=progress,
+                          build_net=build_net, _existing=run)
+            latest = run.latest_checkpoint()
+            if latest is None:
+                if run.has_results():
+                    raise RunError(
+                        f"{run.path} has results (supernet.safetensors, an evaluated epoch "
+                        "or exports) but its checkpoints are gone; refusing to train it "
+                        "again over them: restore checkpoints/ or start a new run")
+                run.metrics.truncate_after(0)
+            else:
+                run.load_checkpoint(accept=lambda state, path: trainer._accept(state, path))
+                trainer._disk_state = trainer._checkpoint_names()
+            if "optim.lr" in changes:
+                trainer._set_base_lr(config.optim.lr)
+            run.update_config(config.to_dict(), changes, trainer.step)
+        except BaseException:
+            run.lock.release()
+            raise
         barrier()
         return trainer
+
+    def _accept(self, state: Mapping[str, Any], path: Path) -> None:
+        """Load `state` if it is a checkpoint of this run, else raise CheckpointError."""
+        missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+        if missing:
+            raise CheckpointError(f"{path} lacks {', '.join(missing)}: not a training "
+                                  "checkpoint of this widthsearch version")
+        if state["identity"] != self.identity():
+            raise CheckpointError(f"{path} belongs to another run (its model, data or "
+                                  "training settings differ from this run's config.yaml)")
+        try:
+            self.load_state(state)
+        except WidthSearchError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as e:
+            detail = " ".join(str(e).split())[:300]
+            raise CheckpointError(f"{path} does not fit this run "
+                                  f"({type(e).__name__}: {detail})") from None
+
+    def identity(self) -> str:
+        """The hash of this run's config without the settings a resume may change."""
+        return config_identity(self.config.to_dict(), RESUME_OVERRIDABLE | RESUME_ADJUSTABLE)
+
+    def _set_base_lr(self, lr: float) -> None:
+        """A new base learning rate from the current step on (same schedule shape)."""
+        factor = lr_factor(self.step, self.total_steps, self.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = lr
+            group["lr"] = lr * factor
+        self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
+
+    def _checkpoint_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.run.list_checkpoints()) if self.run else ()
+
+    def _advice(self) -> str:
+        """What to do after non-finite values, as commands that work as printed."""
+        lower = f"{self.config.optim.lr / 10:g}"
+        if self.run is None:
+            return f"Lower optim.lr (e.g. optim.lr={lower}) or set optim.grad_clip=1.0."
+        newest = self.run.latest_checkpoint()
+        if newest is None:
+            return (f"No checkpoint was written yet; start again with a lower learning rate "
+                    f"(--run-dir {self.run.path} can be reused): --set optim.lr={lower}")
+        return (f"The last finite checkpoint is {newest.name}; continue from it with a lower "
+                f"learning rate: widthsearch train --resume {self.run.path} --set "
+                f"optim.lr={lower} (or --set optim.grad_clip=1.0)")
+
+    def close(self) -> None:
+        """Release the run directory for other processes (fit does so when it returns)."""
+        if self.run is not None:
+            while self.run.lock.held:
+                self.run.lock.release()
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -412,6 +498,7 @@ class Trainer:
         """Everything a resume needs, as tensors and plain values (weights_only-loadable)."""
         return {
             "format": CHECKPOINT_FORMAT,
+            "identity": self.identity(),
             "step": self.step,
             "epoch": self.epoch,
             "total_steps": self.total_steps,
@@ -451,16 +538,19 @@ class Trainer:
         self.val = {k: dict(v) for k, v in state.get("val", {}).items()}
         self._epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
         self._train_losses = [float(v) for v in state.get("train_losses", [])]
-        if self.run is not None:
-            self.run.metrics.truncate_after(self.step)
         restore_rng_state(state["rng"])
 
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0; other ranks return None)."""
         if self.run is None:
             return None
+        problems = non_finite_report(self.net, self.optimizer)
+        if problems:
+            raise NumericsError(f"step {self.step}: non-finite {problems}; not saved. "
+                                + self._advice())
         path = self.run.save_checkpoint(self.state_dict(), self.step,
                                         keep=self.config.train.keep_checkpoints)
+        self._disk_state = self._checkpoint_names()
         self.last_checkpoint = path if path is not None else self.run.checkpoint_path(self.step)
         return path
 
@@ -474,7 +564,25 @@ class Trainer:
         stop_at = self.total_steps if max_steps is None else min(self.total_steps, max_steps)
         start_step, start_time = self.step, time.perf_counter()
         if self.finished or self.step >= stop_at:
+            self.close()
             return self._result(start_step, start_time)
+        if self.run is None:
+            return self._fit(stop_at, start_step, start_time)
+        self.run.lock.acquire()
+        try:
+            on_disk = self._checkpoint_names()
+            if self.dist.is_main and on_disk != self._disk_state:
+                raise RunError(f"{self.run.path} changed since this trainer loaded it (another "
+                               "process trained it); resume it again")
+            for path in self.run.list_checkpoints():
+                if _checkpoint_step(path) > self.step:  # skipped as unusable on resume
+                    path.replace(path.with_name(path.name + ".unusable"))
+            self.run.metrics.truncate_after(self.step)
+            return self._fit(stop_at, start_step, start_time)
+        finally:
+            self.close()
+
+    def _fit(self, stop_at: int, start_step: int, start_time: float) -> FitResult:
         is_main = self.dist.is_main
         if self.run is not None and is_main:
             self.run.metrics.log(kind="start", step=self.step, resumed=self.step > 0,
@@ -530,15 +638,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         generator = step_generator(self.config.train.seed, self.step)
         with self.precision.autocast():
-            metrics = self.strategy.step(self.net, x, y, loss_fn=self.loss_fn,
+            metrics = self.strategy.step(self.train_net, x, y, loss_fn=self.loss_fn,
                                          generator=generator, reduce_mean=self.reduce_mean)
         self.trained_costs.add(self.strategy.trained)
         self.strategy.trained.clear()
         if not math.isfinite(metrics["loss"]):
-            raise WidthSearchError(
-                f"training diverged at step {self.step} (loss {metrics['loss']}); lower "
-                "optim.lr or set optim.grad_clip, then resume from the last checkpoint "
-                "or start a new run")
+            raise NumericsError(f"training diverged at step {self.step + 1} (loss "
+                                f"{metrics['loss']}). " + self._advice())
         if self.dist.distributed:
             average_gradients(self.params)
             average_buffers(self.net)
@@ -605,13 +711,7 @@ class Trainer:
         """The final supernet weights as safetensors (plain tensors, no pickle)."""
         if self.run is None or not self.dist.is_main:
             return
-        from safetensors.torch import save
-
-        from ..runs import atomic_write_bytes
-
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        atomic_write_bytes(self.run.path / "supernet.safetensors",
-                           save(tensors, metadata={"step": str(self.step)}))
+        self.run.save_supernet_weights(self.net.state_dict(), self.step)
 
     # -- evaluation --------------------------------------------------------------------------
     def eval_configs(self) -> dict[str, WidthConfig]:
@@ -672,6 +772,16 @@ class Trainer:
             steps_per_second=done / elapsed if done and elapsed > 0 else 0.0,
             checkpoint=self.last_checkpoint or (self.run.latest_checkpoint() if self.run else None),
         )
+
+
+def _checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint's file name (step-000000120.pt -> 120)."""
+    return int(path.stem.rpartition("-")[2])
+
+
+def _get(config: RunConfig, key: str) -> Any:
+    section, _, field = key.partition(".")
+    return getattr(getattr(config, section), field)
 
 
 def _seed_everything(seed: int) -> None:

@@ -46,8 +46,11 @@ def conv_rule(ctx: RuleContext) -> Layout | None:
     b = ctx.builder
     lay = x.layout if x.layout is not None else _constant_input(ctx, x, 1)
     if lay.dim != 1 or lay.inner != 1 or lay.by is not None:
-        out = _fixed_in_out(ctx, x, "convolution over an unfollowed channel axis")
-    elif conv.groups == 1:
+        # channels mixed with another axis (a space-to-depth stem): they stay full, so the
+        # conv reads a constant width and its own output channels can still slim
+        ctx.fix(x.layout, "convolution over an unfollowed channel axis")
+        lay = _constant_input(ctx, Traced(x.shape, None, x.constant), 1)
+    if conv.groups == 1:
         out = _module_output(ctx, conv.out_channels, 1)
         b.note(b.consumers, lay, ctx.name)
         _bind(ctx, "conv", lay, out)
@@ -138,7 +141,7 @@ PASSTHROUGH_MODULES: tuple[type, ...] = (
     nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout,
     nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample, nn.UpsamplingNearest2d,
-    nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+    nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
 )
 PASSTHROUGH_FUNCTIONS: tuple[Any, ...] = (
     F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish,
@@ -170,6 +173,7 @@ BINARY_OPS: tuple[Any, ...] = (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
     operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum,
     torch.minimum, "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_",
+    operator.pow, torch.pow, "pow", "pow_",
 )
 
 
@@ -218,6 +222,11 @@ def _bind_parameter(ctx: RuleContext, c: Traced, axis: int, layout: Layout) -> b
     module = b.gm.get_submodule(owner) if owner else b.gm
     if attr not in module._parameters and attr not in module._buffers:
         return False
+    own = module._parameters.get(attr)
+    own = own if own is not None else module._buffers[attr]
+    axis = _own_axis(tuple(c.shape), tuple(own.shape), axis)
+    if axis is None:
+        return False
     if c.constant in b.parameters:
         prev_axis, prev = b.parameters[c.constant]
         if prev_axis != axis:
@@ -227,6 +236,18 @@ def _bind_parameter(ctx: RuleContext, c: Traced, axis: int, layout: Layout) -> b
         b.parameters[c.constant] = (axis, Layout(axis, layout.segments))
     b.parameter_uses.setdefault(c.constant, set()).add(ctx.node)
     return True
+
+
+def _own_axis(seen: tuple[int, ...], own: tuple[int, ...], axis: int) -> int | None:
+    """`axis` of a parameter seen through a view that only adds or drops size-1 axes
+    (`gamma.reshape(1, -1, 1, 1)`) as an axis of the parameter itself."""
+    if seen == own:
+        return axis
+    big_seen = [i for i, s in enumerate(seen) if s != 1]
+    big_own = [i for i, s in enumerate(own) if s != 1]
+    if [seen[i] for i in big_seen] != [own[i] for i in big_own] or axis not in big_seen:
+        return None
+    return big_own[big_seen.index(axis)]
 
 
 @register_rule(torch.cat, torch.concat, torch.concatenate, "cat")
@@ -409,7 +430,7 @@ def _index_layout(ctx: RuleContext, x: Traced, index: Any) -> Layout | None:
             new_axis += 1
             continue
         if axis == d:
-            if item != slice(None):
+            if not _whole(item, x.shape[d]):
                 return _fixed_in_out(ctx, x, "indexing the channel axis")
             return Layout(new_axis, x.layout.segments, x.layout.inner)
         if isinstance(item, slice):
@@ -418,6 +439,13 @@ def _index_layout(ctx: RuleContext, x: Traced, index: Any) -> Layout | None:
             return _fixed_in_out(ctx, x, "advanced indexing")
         axis += 1
     return Layout(new_axis + (d - axis), x.layout.segments, x.layout.inner)
+
+
+def _whole(item: Any, size: int) -> bool:
+    """A slice that keeps every channel (`x[:, :out_chs]` with out_chs >= the width): at a
+    narrower width it still keeps every channel, as Python slices clamp."""
+    return (isinstance(item, slice) and item.step in (None, 1) and item.start in (None, 0)
+            and (item.stop is None or (isinstance(item.stop, int) and item.stop >= size)))
 
 
 @register_rule("size", "dim", "numel", getattr)
