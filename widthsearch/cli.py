@@ -246,7 +246,7 @@ def _quickstart_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="Fashion-MNIST folder (default: the Debian "
                    "package location or $WIDTHSEARCH_DATA)")
     p.add_argument("--size", choices=tuple(SIZES), default="default",
-                   help="default: about 5 minutes on 2 CPU cores; tiny: a smoke test in "
+                   help="default: sized for under 10 minutes on 2 CPU cores; tiny: a smoke test in "
                         "seconds whose numbers mean nothing")
     p.add_argument("--tiny", dest="size", action="store_const", const="tiny",
                    help="the same as --size tiny")

@@ -65,7 +65,7 @@ class QuickstartSize:
 
 
 SIZES: dict[str, QuickstartSize] = {
-    # About 5 minutes on 2 CPU cores: 10,000 training images, 2 supernet epochs.
+    # Sized for under 10 minutes on 2 idle CPU cores: 10,000 training images, 2 supernet epochs.
     "default": QuickstartSize(
         subset=10_000, val_size=5_000, val_subset=2_000, batch_size=128, epochs=2,
         finetune_epochs=1, width_mult=1.0, population=12, generations=3, mutations=6,
