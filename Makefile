@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test test-all lint coverage coverage-timm bench clean
+.PHONY: install system quickstart test test-all lint coverage coverage-timm bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,13 +14,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-quickstart: $(STAMP)
+# Debian packages (the Fashion-MNIST data): apt-get as root, sudo when it needs no password,
+# else one line saying the command to run.
+system:
+	scripts/setup-system.sh dataset-fashion-mnist
+
+quickstart: system $(STAMP)
 	$(PY) -m widthsearch quickstart
 
-test: $(STAMP)
+test: system $(STAMP)
 	$(PY) -m pytest
 
-test-all: $(STAMP)
+test-all: system $(STAMP)
 	$(PY) -m pytest -m "slow or not slow"
 
 lint: $(STAMP)

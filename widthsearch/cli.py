@@ -237,49 +237,36 @@ def print_results(val: dict[str, dict[str, float]], *, title: str = "",
 # ------------------------------------------------------------------------------ quickstart
 
 
-def quickstart_config(root: Path | None = None) -> dict[str, Any]:
-    """A small CafeNet run: ResNet-20 on 10,000 Fashion-MNIST images for 2 epochs."""
-    return {
-        "model": {"name": "resnet20"},
-        "data": {"name": "fashion-mnist", "root": None if root is None else str(root),
-                 "subset": 10_000, "val_subset": 2_000, "batch_size": 128},
-        "supernet": {"pattern": "cafenet", "bins": True},
-        "strategy": {"name": "cafenet"},
-        "optim": {"epochs": 2, "lr": 0.1, "warmup_epochs": 0.3},
-        "train": {"checkpoint_every_steps": 25, "eval_recal_batches": 10},
-    }
-
-
 def _quickstart_arguments(p: argparse.ArgumentParser) -> None:
+    from .quickstart import SIZES
+
     p.add_argument("--run-dir", type=Path, default=QUICKSTART_DIR,
-                   help=f"where the run goes (default: {QUICKSTART_DIR})")
+                   help=f"where the run goes (default: {QUICKSTART_DIR}); running again "
+                        "resumes it")
     p.add_argument("--data", type=Path, help="Fashion-MNIST folder (default: the Debian "
                    "package location or $WIDTHSEARCH_DATA)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--size", choices=tuple(SIZES), default="default",
+                   help="default: sized for under 10 minutes on 2 CPU cores; tiny: a smoke test in "
+                        "seconds whose numbers mean nothing")
+    p.add_argument("--tiny", dest="size", action="store_const", const="tiny",
+                   help="the same as --size tiny")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.epilog = ("example: widthsearch quickstart   (then open runs/quickstart/report.html)")
 
 
-@command("quickstart", "Train a small CafeNet supernet on Fashion-MNIST (a few minutes on a "
-         "CPU) and print val accuracy at the max, middle and min widths.",
+@command("quickstart", "Fashion-MNIST end to end: train a CafeNet supernet (ResNet-20), "
+         "search widths at 1/2 and 1/4 of its MACs, fine-tune them, train the uniform multiplier "
+         "at the same MACs, test all once, print one table, write the report and exports.",
          _quickstart_arguments)
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from .train.trainer import Trainer
+    from .quickstart import print_summary, run_quickstart
 
-    run_dir: Path = args.run_dir
-    progress = False if args.no_progress else None
-    console = Console(stderr=True)
-    if (run_dir / "config.yaml").exists():
-        overrides = [f"data.root={args.data}"] if args.data is not None else []
-        trainer = Trainer.resume(run_dir, overrides=overrides, progress=progress)
-        if trainer.finished:
-            console.print(f"{run_dir} is finished; its results:")
-        else:
-            console.print(f"resuming {run_dir} at step {trainer.step}/{trainer.total_steps}")
-    else:
-        console.print(f"training a CafeNet supernet (ResNet-20, Fashion-MNIST, 10,000 "
-                      f"images, 2 epochs) into {run_dir}")
-        trainer = Trainer(quickstart_config(args.data), run_dir, progress=progress)
-    result = trainer.fit()
-    print_results(result.val, title=f"{run_dir} (ResNet-20 supernet, Fashion-MNIST)")
+    record = run_quickstart(args.run_dir, size=args.size, data=args.data,
+                            progress=False if args.no_progress else None)
+    console = Console()
+    if not console.is_terminal:  # a log file: wide enough for the table
+        console = Console(width=120)
+    print_summary(record, console)
     return 0
 
 
@@ -595,3 +582,23 @@ def cmd_slimmable(args: argparse.Namespace) -> int:
     from .slimmable import main_args
 
     return main_args(args)
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                   help="a run directory (training, search, finishing, slimmable results)")
+    p.add_argument("--title", help="the report's title (default: the run directory's name)")
+    p.epilog = "example: widthsearch report runs/quickstart   (writes report.md, report.html)"
+
+
+@command("report", "Write report.md and one self-contained report.html (plots inlined) "
+         "from whatever a run directory holds.", _report_arguments)
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    paths = write_report(args.run_dir, title=args.title)
+    print(f"wrote {paths['html']} and {paths['markdown']}")
+    return 0
