@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system quickstart test test-all lint coverage coverage-timm bench clean
+
+.PHONY: errors install system quickstart test test-all lint coverage coverage-timm bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +37,9 @@ coverage: $(STAMP) coverage-timm
 
 coverage-timm: $(STAMP)
 	$(PY) -m widthsearch coverage --zoo timm --out docs/coverage-timm.md
+
+errors: $(STAMP)
+	$(PY) bench/errors_catalogue.py
 
 bench: $(STAMP)
 	$(PY) bench/bench_core.py --out bench/results/core.json

@@ -146,3 +146,27 @@ def test_cli(parent: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "out of range" in capsys.readouterr().err
     assert main(["retrain", "--help"]) == 0
     assert "examples:" in capsys.readouterr().out
+
+
+def test_export_cuts_recalibrates_and_saves_without_training(parent: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    assert main(["export", str(parent), "--pick", "0", "--out", str(tmp_path / "e")]) == 0
+    assert "onnx:" in capsys.readouterr().out
+    back = ws.load(tmp_path / "e" / "model").eval()
+    loaded = ws.load_supernet(parent)
+    target = FIN.read_target(parent, pick=0)
+    cut = loaded.net.export(loaded.net.space.validate(target.config), target.choice)
+    weights = {k: v for k, v in _state(cut).items() if "running" not in k and "num_batches" not in k}
+    got = _state(back)
+    assert all(torch.equal(got[k], v) for k, v in weights.items())  # the supernet's weights
+    assert not torch.equal(got[next(k for k in got if "running_mean" in k)],
+                           _state(cut)[next(k for k in got if "running_mean" in k)])  # recalibrated
+    import onnxruntime as ort
+
+    x = torch.randn(2, 1, 28, 28)
+    session = ort.InferenceSession(str(tmp_path / "e" / "model.onnx"))
+    with torch.no_grad():
+        expected = back(x).numpy()
+    got_onnx = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert abs(got_onnx - expected).max() < 1e-4
+    assert main(["export", str(parent), "--pick", "7"]) == 2  # one line, exit 2

@@ -263,3 +263,27 @@ def test_cli_on_a_trained_run_directory(tmp_path_factory: pytest.TempPathFactory
     net = load_supernet(run).net
     net.cost_model.attach_latency(LatencyTable.load(out))
     assert net.cost().latency > 0
+
+
+def test_search_prices_latency_budgets_with_a_table(tiny_table: LatencyTable, tmp_path) -> None:
+    """`search_widths(..., latency_table=path)` (`widthsearch search --latency-table`)."""
+    net = ws.Supernet(Tiny(), torch.randn(1, 3, 6, 6), min_ratio=0.5, divisions=2)
+    path = tiny_table.save(tmp_path / "latency.json")
+
+    class Scores:  # accuracy grows with the width: the search picks the widest within budget
+        def evaluate(self, configs):
+            from widthsearch.evaluate import Score
+
+            return [Score(net.space.validate(c), float(sum(c.values())), 0.0, {})
+                    for c in configs]
+
+    result = ws.search_widths(net, ["latency=97%"], "random", evaluator=Scores(),
+                              latency_table=path, samples=8)
+    (chosen,) = result.chosen
+    limit = chosen.target.limits["latency"]
+    assert limit == pytest.approx(0.97 * net.cost_model.full.latency)
+    assert chosen.record.costs["latency"] <= limit * (1 + 1e-9)
+    with pytest.raises(WidthSearchError, match="latency"):
+        ws.search_widths(ws.Supernet(Tiny(), torch.randn(1, 3, 6, 6), min_ratio=0.5,
+                                     divisions=2), ["latency=1ms"], "random",
+                         evaluator=Scores(), samples=2)

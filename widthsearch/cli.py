@@ -575,6 +575,38 @@ def _slimmable_arguments(p: argparse.ArgumentParser) -> None:
     add_arguments(p)
 
 
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = """examples:
+  widthsearch export runs/cafenet --pick 0              # config 0 of search/chosen.json
+  widthsearch export runs/cafenet --config widths.json --out exports/mine
+
+The subnet is cut from the trained supernet and its BN statistics recalibrated on
+training batches; nothing is trained (widthsearch finetune trains it further)."""
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained supernet run")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--pick", type=int, metavar="K",
+                       help="entry K of RUN_DIR/search/chosen.json (0 = the first)")
+    which.add_argument("--config", type=Path, metavar="JSON", help="a width config file")
+    p.add_argument("--out", type=Path, help="folder (default RUN_DIR/exports/pick-K)")
+    p.add_argument("--recal-batches", type=int, default=20,
+                   help="training batches for BN recalibration (0: keep the supernet's)")
+
+
+@command("export", "Export a searched width of a trained supernet as a plain model "
+         "(safetensors + JSON + ONNX), BN recalibrated, without training.", _export_arguments)
+def cmd_export(args: argparse.Namespace) -> int:
+    from .finish import export_target
+
+    if args.recal_batches < 0:
+        raise WidthSearchError(f"--recal-batches must be >= 0, got {args.recal_batches}")
+    paths = export_target(args.run_dir, pick=args.pick, config_file=args.config, out=args.out,
+                          recal_batches=args.recal_batches)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
 @command("slimmable", "Build the run-time slimmable network of a trained run (joslim, slim, "
          "two-stage): levels along the val accuracy-vs-cost front, one file, a plot.",
          _slimmable_arguments)

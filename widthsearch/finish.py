@@ -269,3 +269,27 @@ def describe(result: Mapping[str, Any]) -> str:
             f"{result['test_accuracy']:.2%} (val {result['val_accuracy'] or float('nan'):.2%}), "
             f"{result['macs'] / 1e6:.2f}M MACs, {result['params'] / 1e3:.1f}k params")
 
+
+
+def export_target(run_dir: str | Path, *, pick: int | None = None,
+                  config_file: str | Path | None = None, out: str | Path | None = None,
+                  recal_batches: int = 20) -> dict[str, Path]:
+    """The subnet of a searched width as the supernet holds it, with no training: exported
+    from the trained supernet, its BN statistics recalibrated on `recal_batches` unaugmented
+    training batches (the evaluator's), saved as safetensors + JSON + ONNX under `out`
+    (default RUN_DIR/exports/<pick-K or the file's stem>). Fine-tune it for a better model."""
+    from .build import load_supernet
+    from .train.bn import recalibrate_module
+
+    target = read_target(run_dir, pick=pick, config_file=config_file)
+    loaded = load_supernet(run_dir)
+    net = loaded.net
+    model = net.export(net.space.validate(target.config), target.choice)
+    if recal_batches > 0:
+        recalibrate_module(model, loaded.data.recal, num_batches=recal_batches)
+    model.eval()
+    folder = Path(out) if out is not None else loaded.run.path / "exports" / target.name
+    weights = save(model, folder / "model", metadata={"source": target.source,
+                                                       "recal_batches": recal_batches})
+    onnx_path = to_onnx(model, example_input(loaded.data), folder / "model.onnx")
+    return {"weights": weights, "sidecar": weights.with_suffix(".json"), "onnx": onnx_path}

@@ -81,6 +81,7 @@ def search_widths(
     progress: bool = False,
     max_steps: int | None = None,
     evaluator_options: dict[str, Any] | None = None,
+    latency_table: str | Path | None = None,
     **options: Any,
 ) -> SearchResult:
     """Search widths under `budgets` (["macs=50%", "latency=2.5ms"], all hard constraints).
@@ -89,6 +90,8 @@ def search_widths(
     goes to its search/ folder unless `out_dir` says otherwise) or a `Supernet`, then with
     an `evaluator` (a `ws.Evaluator` or anything with `evaluate(configs) -> scores`) and
     output only where `out_dir` points. `align`: every searched width a multiple of it.
+    `latency_table`: a table from `widthsearch latency-table`, attached so that latency
+    budgets and objectives can be priced.
     `options` go to the method (population, generations, samples, step, ...).
     """
     from ..supernet import Supernet
@@ -115,6 +118,10 @@ def search_widths(
         raise WidthSearchError(
             f"search takes a run directory or a Supernet, got {type(run_or_net).__name__}"
         )
+    if latency_table is not None:
+        from .latency import LatencyTable
+
+        net.cost_model.attach_latency(LatencyTable.load(latency_table))
     space = net.space if align is None else net.space.aligned(align)
     searcher = make_searcher(method, space, net.cost_model, evaluator, budgets, seed=seed,
                              state_dir=out_dir, progress=progress, **options)

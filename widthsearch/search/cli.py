@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -32,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a cost to minimize beside val accuracy (nsga2; repeat for several; "
                         "default: the budgets' metrics)")
     p.add_argument("--seed", type=int, default=0, help="search seed (default: 0)")
+    p.add_argument("--latency-table", type=Path, metavar="JSON",
+                   help="a table from `widthsearch latency-table` (for latency budgets)")
     p.add_argument("--align", type=int, metavar="N",
                    help="keep only widths that are multiples of N (hardware-aligned)")
     p.add_argument("--fresh", action="store_true",
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             result = search_widths(args.run_dir, args.budget, args.method, seed=args.seed,
                                    align=args.align, resume=not args.fresh,
                                    progress=not args.quiet, evaluator_options=ev_options,
-                                   **options)
+                                   latency_table=args.latency_table, **options)
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
     except KeyboardInterrupt:
