@@ -206,6 +206,10 @@ def fidelity(run_dir: str | Path, samples: int, *, budget: str = "macs=25%", low
     return FidelityResult(record, out)
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
 def plot(record: Mapping[str, Any], path: Path) -> Path:
     """Supernet val accuracy against stand-alone val accuracy, one point per width."""
     import matplotlib
@@ -219,9 +223,8 @@ def plot(record: Mapping[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 4.2))
     ax.scatter(x, y, s=18)
     tau, rho = record["kendall_tau"], record["spearman"]
-    fmt = (lambda v: "n/a" if v is None or math.isnan(v) else f"{v:.3f}")
-    ax.set_title(f"{record['pattern']} @ {record['budget']}: Kendall tau {fmt(tau)}, "
-                 f"Spearman {fmt(rho)}", fontsize=9)
+    ax.set_title(f"{record['pattern']} @ {record['budget']}: Kendall tau {_fmt(tau)}, "
+                 f"Spearman {_fmt(rho)}", fontsize=9)
     ax.set_xlabel("supernet val accuracy (%)")
     ax.set_ylabel("stand-alone val accuracy (%)")
     ax.grid(alpha=0.3)
