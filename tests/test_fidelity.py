@@ -56,6 +56,7 @@ def test_fidelity_pairs_each_width_with_its_own_standalone_run(
     for row in rows:  # each stand-alone score is its own sub-run's, trained on its width
         sub = json.loads((run / row["subrun"] / "result.json").read_text())
         assert sub["config"] == row["config"]
+        assert sub["test_accuracy"] is None  # a ranking sees VAL only
         assert row["standalone_val_accuracy"] == sub["val_accuracy"]
     expected = FID.rank_correlation([r["supernet_accuracy"] for r in rows],
                                     [r["standalone_val_accuracy"] for r in rows])

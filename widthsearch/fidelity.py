@@ -7,8 +7,8 @@ module measures that order against the truth for N widths drawn near a budget
 - the supernet's score of each width: `Evaluator` val accuracy, per the run's pattern
   (leftmost: its one assignment; CafeNet: the best free assignment; BCNet: the mean);
 - the stand-alone score: the same width exported with a fresh initialization and trained
-  from scratch by the finishing machinery (`finish(..., "retrain")`), short, then its VAL
-  accuracy (the sub-run's own last validation).
+  from scratch by the finishing machinery (`finish(..., "retrain", test=False)`), short,
+  then its VAL accuracy (the sub-run's own last validation); the TEST split stays unread.
 
 Kendall tau and Spearman rho between the two, a scatter plot and a JSON record go to
 RUN_DIR/fidelity/<tag>/. Every stand-alone run is a finishing sub-run (RUN_DIR/retrain/
@@ -183,7 +183,7 @@ def fidelity(run_dir: str | Path, samples: int, *, budget: str = "macs=25%", low
         sub = f"fidelity-{tag}-{i:03d}"
         console.print(f"fidelity {tag}: stand-alone run {i + 1}/{len(configs)} ({sub})")
         result = finish(trainer_run.path, "retrain", config_file=path, name=sub,
-                        overrides=recipe, console=console, progress=progress)
+                        overrides=recipe, console=console, progress=progress, test=False)
         if not result:  # stopped before its end (an interrupt): resume later
             raise WidthSearchError(f"stand-alone run {sub} did not finish; run the same "
                                    "command again to resume it")
