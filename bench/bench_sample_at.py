@@ -41,8 +41,8 @@ def run(n: int, uniform_draws: int) -> list[dict]:
         uni = space.widths_of_indices(space.sample_indices(uniform_draws,
                                                            torch.Generator().manual_seed(1)))
         for metric in ("macs", "params"):
-            def cost(w: np.ndarray, metric: str = metric) -> np.ndarray:
-                return net.cost_model.evaluate(w, metric)
+            def cost(w: np.ndarray, metric: str = metric, model=net.cost_model) -> np.ndarray:
+                return model.evaluate(w, metric)
 
             lo, hi = cost(np.stack([space.to_vector(space.min()), space.to_vector(space.max())]))
             uni_cost = cost(uni)

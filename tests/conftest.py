@@ -16,7 +16,6 @@ import torch
 import torch.nn as nn
 
 import widthsearch as ws
-from widthsearch.dynamic import DynamicModule
 from widthsearch.supernet import macs_of
 
 torch.set_num_threads(int(os.environ.get("WIDTHSEARCH_TEST_THREADS", "1")))
@@ -96,8 +95,8 @@ def widthsearch_classes(module: nn.Module) -> list[str]:
         mod = type(m).__module__
         if mod.startswith("widthsearch") and not mod.startswith("widthsearch.models"):
             found.append(f"{mod}.{type(m).__qualname__}")
-        if isinstance(m, DynamicModule):
-            found.append(type(m).__qualname__)
+        if "_widthsearch_slices" in m.__dict__:
+            found.append(f"{type(m).__qualname__} (still sliced)")
     return found
 
 

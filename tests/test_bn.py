@@ -69,7 +69,7 @@ def test_recalibration_is_the_cumulative_average_of_the_active_channels(trained)
         modes.append((module.training, net.model.fc.training, torch.is_grad_enabled()))
 
     hook = bn.register_forward_hook(grab)
-    before_momentum = bn.template.momentum
+    before_momentum = bn.momentum
     net.train()
     try:
         used = recalibrate_bn(net, cfg, None, batches(x, y, 32), num_batches=3)
@@ -77,16 +77,17 @@ def test_recalibration_is_the_cumulative_average_of_the_active_channels(trained)
         hook.remove()
     assert used == 3 and len(seen) == 3
     assert set(modes) == {(True, False, False)}  # BN in train mode, the rest eval, no grad
-    assert bn.template.momentum == before_momentum and net.training and net.model.fc.training
+    assert bn.momentum == before_momentum and net.training and net.model.fc.training
     assert net.config == net.space.max()
     means = torch.stack([t.mean(dim=(0, 2, 3)) for t in seen])
     variances = torch.stack([t.var(dim=(0, 2, 3), unbiased=True) for t in seen])
     assert torch.allclose(bn.running_mean[:width], means.mean(0), atol=1e-5)
     assert torch.allclose(bn.running_var[:width], variances.mean(0), atol=1e-4)
     assert int(bn.num_batches_tracked) == 3
-    # inactive channels keep their statistics; buffers are still shared with the template
+    # inactive channels keep their statistics; the buffers are still the ones the state dict holds
     assert torch.equal(bn.running_mean[width:], snapshot["model.bn1.running_mean"][width:])
-    assert bn.running_mean.data_ptr() == bn.template.running_mean.data_ptr()
+    assert bn._buffers["running_mean"].data_ptr() == \
+        net.state_dict()["model.bn1.running_mean"].data_ptr()
     load_bn_state(net, snapshot)
 
 

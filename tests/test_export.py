@@ -16,6 +16,7 @@ from conftest import (
 
 import widthsearch as ws
 from widthsearch import WidthSearchError
+from widthsearch.dynamic import original_class
 from widthsearch.supernet import macs_of
 
 
@@ -27,7 +28,7 @@ def _check_physical_shapes(net: ws.Supernet, sub: nn.Module, cfg) -> None:
     """Every sliced layer of the export has exactly the tensors its groups' widths imply."""
     for name, binding in net.graph.bindings.items():
         layer = sub.get_submodule(name)
-        assert type(layer) is type(net.model.get_submodule(name).template)  # type: ignore[union-attr]
+        assert type(layer) is original_class(net.model.get_submodule(name))
         out, inp = _width(binding.out_layout, cfg), _width(binding.in_layout, cfg)
         if binding.kind == "conv":
             assert tuple(layer.weight.shape[:2]) == (out, inp), name

@@ -86,7 +86,7 @@ def test_mobilenet_v2_depthwise_joins_its_input_group() -> None:
     assert len(depthwise) == 17
     for name in depthwise:
         group = _group_of(net, name, "members")
-        conv = net.model.get_submodule(name).template  # type: ignore[union-attr]
+        conv = net.model.get_submodule(name)
         assert group.size == conv.in_channels == conv.out_channels
         assert name not in group.producers and name not in group.consumers
     # e.g. block 2's expand conv produces what its depthwise conv carries

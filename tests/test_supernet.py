@@ -235,3 +235,148 @@ def test_error_bad_space_arguments() -> None:
         net.space.with_choices({"fc": [5, 10]})
     with pytest.raises(WidthSearchError, match=r"must lie in \[1, 16\]"):
         net.space.with_choices({"conv1": [8, 32]})
+
+
+# ------------------------------------------------------- faithful conversion (invariant 7)
+
+import copy  # noqa: E402
+import warnings  # noqa: E402
+
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from conftest import assert_exports_exactly, randomize_norms  # noqa: E402
+from test_dynamic import _BatchNormAct, _ScaledStdConv, _StdConv  # noqa: E402
+
+from widthsearch.dynamic import CONV, LayerSpec  # noqa: E402
+
+
+class _SubclassNet(nn.Module):
+    """Layer subclasses with forwards of their own, as timm builds its CNNs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = _StdConv(3, 16, 3, padding=1)
+        self.bn1 = _BatchNormAct(16)
+        self.conv = _ScaledStdConv(16, 24, 3, padding=1)
+        self.bn2 = _BatchNormAct(24)
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn2(self.conv(self.bn1(self.stem(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_layer_subclasses_keep_their_own_forward(pattern: str) -> None:
+    torch.manual_seed(0)
+    model = randomize_norms(_SubclassNet()).eval()
+    original = copy.deepcopy(model)
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        net = ws.Supernet(model, x[:1], pattern=pattern)
+    assert [g.name for g in net.space.searchable] == ["stem", "conv"]  # all but input, logits
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), original(x), rtol=1e-5, atol=1e-6)
+    assert isinstance(net.model.bn1, _BatchNormAct) and isinstance(net.model.conv, _ScaledStdConv)
+    assert_exports_exactly(net, x, n=6)
+    sub = net.export(net.space.min())
+    assert type(sub.bn1) is _BatchNormAct and type(sub.conv) is _ScaledStdConv
+    assert sub.conv.gain.shape[0] == sub.conv.out_channels < 24
+
+
+def test_construction_names_the_first_module_that_differs_at_full_width() -> None:
+    """A layer spec that changes the computation at full width is an error, not a result."""
+    def dilated(m: nn.Module, mode: str, n_in: int, n_out: int) -> dict:
+        return {**CONV.sizes(m, mode, n_in, n_out), "dilation": (2, 2)}
+
+    layers = ws.dynamic.LAYERS.copy()
+    layers.register(nn.Conv2d, LayerSpec(CONV.tensors, dilated, (*CONV.size_names, "dilation"),
+                                         macs_tensor="weight"))
+    with pytest.raises(WidthSearchError, match=r"first differs at stem \(_StdConv\)"):
+        ws.Supernet(_SubclassNet(), torch.randn(1, 3, 8, 8), layers=layers)
+
+
+class _BypassingNorm(nn.BatchNorm2d):
+    """Reads its weight around the sliced attribute: at a narrow width it computes
+    something its export does not, without failing."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self._parameters["weight"].mean()
+
+
+class _BypassNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = _BypassingNorm(8)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn_b = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bn_b(self.b(self.bn(self.a(x)))).mean((2, 3)))
+
+
+def test_a_layer_unfaithful_when_sliced_keeps_its_channels_and_is_named() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"(?s)a .*bn \(_BypassingNorm\) computes differently"):
+        net = ws.Supernet(randomize_norms(_BypassNet()), x[:1])
+    assert not net.space["a"].slimmable and "bn (_BypassingNorm)" in net.space["a"].fixed
+    assert net.space["b"].slimmable  # the rest still slims
+    assert_exports_exactly(net, x)
+
+
+class _Conv1dNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv1d(2, 16, 5, padding=2)
+        self.bn_a = nn.BatchNorm1d(16)
+        self.dw = nn.Conv1d(16, 16, 3, padding=1, groups=16)
+        self.b = nn.Conv1d(16, 12, 3, stride=2)
+        self.bn_b = nn.BatchNorm1d(12)
+        self.fc = nn.Linear(12 * 7, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn_a(self.a(x)))
+        x = F.relu(self.bn_b(self.b(x + self.dw(x))))
+        return self.fc(x.flatten(1))
+
+
+class _Conv3dNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv3d(1, 8, 3, padding=1)
+        self.bn_a = nn.BatchNorm3d(8)
+        self.b = nn.Conv3d(8, 12, (1, 3, 3), padding=(0, 1, 1))
+        self.bn_b = nn.BatchNorm3d(12)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn_b(self.b(F.relu(self.bn_a(self.a(x))))))
+        return self.fc(x.mean((2, 3, 4)))
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("cls,shape", [(_Conv1dNet, (2, 16)), (_Conv3dNet, (1, 4, 6, 6))])
+def test_conv1d_and_conv3d_models_slim_with_exact_macs(cls, shape, pattern: str) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, *shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        net = ws.Supernet(randomize_norms(cls()), x[:1], pattern=pattern)
+    assert len(net.space.searchable) == 2
+    assert_exports_exactly(net, x, n=6)
+
+
+def test_selection_caches_are_bounded(generator: torch.Generator) -> None:
+    net = ws.Supernet(ws.models.get("resnet20", num_classes=10, in_channels=1),
+                      torch.randn(1, 1, 28, 28), pattern="cafenet", cache_size=50)
+    for _ in range(40):
+        cfg = net.space.sample(generator)
+        net.activate(cfg, net.sample_choice(cfg, generator))
+    assert len(net._composed) <= 50 and len(net._selections) <= 50
+    x = torch.randn(2, 1, 28, 28)
+    assert_exports_exactly(net, x, n=2)  # evicted entries are recomputed the same

@@ -1,12 +1,13 @@
 """Analytic MACs, parameter count and peak activation memory, vectorized over configs.
 
 Every cost is a function of the groups' widths that discovery recorded at trace time:
-- MACs: sum over conv / linear calls of positions * kernel * out_width * in_width / groups
-  (depthwise and grouped with in = out: positions * kernel * width * channels per conv
-  group), plus the MACs discovery measured for ops no layer record models (attention,
-  matmul; their channels are fixed). Norms, activations, pooling and additions are not
+- MACs: sum over conv / linear calls of output positions * the active entries of the layer's
+  weight (its layer spec says which axes follow which channels: out * in / groups * kernel
+  for a conv, out * channels per conv group * kernel for a depthwise one), plus the MACs
+  discovery measured for ops no layer record models (attention, matmul; their channels are
+  fixed). Norms, activations, pooling and additions are not
   counted, as torch.utils.flop_counter does not count them.
-- params: every parameter of the model; sliced layers' counts follow their widths.
+- params: every parameter of the model; the tensors a layer spec slices follow their widths.
 - memory: the peak activation memory, the largest over ops of the bytes an op reads plus the
   bytes it writes, at fp32 and batch 1 (weights excluded).
 Each is a sum of products of two affine forms in the width vector (or a max of affine forms),
@@ -22,6 +23,7 @@ import numpy as np
 import torch.nn as nn
 
 from .discovery import ChannelGraph, GroupLayout, Mix, Part, TensorInfo
+from .dynamic import LAYERS, LayerTable, Role, full_tensor, layer_axes
 from .space import WidthSpace
 
 BYTES_PER_ELEMENT = 4
@@ -73,12 +75,14 @@ class _Forms:
 class CostModel:
     """Costs of width configurations; `evaluate(widths)` takes an (n, groups) array."""
 
-    def __init__(self, graph: ChannelGraph, space: WidthSpace, model: nn.Module) -> None:
+    def __init__(self, graph: ChannelGraph, space: WidthSpace, model: nn.Module,
+                 layers: LayerTable | None = None) -> None:
         self.space = space
         self._index = {name: i for i, name in enumerate(space.names)}
         self._size = np.array([g.size for g in space.groups], dtype=np.float64)
-        self._build_macs(graph)
-        self._build_params(graph, model)
+        layers = layers or LAYERS
+        self._build_macs(graph, model, layers)
+        self._build_params(graph, model, layers)
         self._build_memory(graph)
         self.full = self.cost(space.max())
 
@@ -109,49 +113,70 @@ class CostModel:
         full_entries = float(coef @ self._size)
         return coef * (t.per_sample / full_entries), 0.0
 
-    def _build_macs(self, graph: ChannelGraph) -> None:
-        left, right, scale = _Forms(len(self._size)), _Forms(len(self._size)), []
-        for layer in graph.layers:
-            axis = -1 if layer.kind.endswith("linear") else 1
-            out_full, in_full = layer.output.shape[axis], layer.inputs.shape[axis]
-            left.add(*self._channels(layer.output.layout, out_full))
-            if layer.kind in ("depthwise", "grouped"):  # in/groups input channels per output
-                right.add(np.zeros(len(self._size)), in_full / layer.groups)
-                scale.append(layer.positions * layer.kernel)
-            else:
-                right.add(*self._channels(layer.inputs.layout, in_full))
-                scale.append(layer.positions * layer.kernel / layer.groups)
-        self._macs = (*left.matrices(), *right.matrices(), np.asarray(scale, dtype=np.float64))
-        self._macs_const = float(sum(r.macs for r in graph.fixed_macs))
+    def _product(self, roles: tuple[Role, ...], shape: tuple[int, ...],
+                 in_layout: GroupLayout | None, out_layout: GroupLayout | None,
+                 groups: int) -> tuple[tuple[np.ndarray, float], tuple[np.ndarray, float], float]:
+        """A sliced tensor's active entries as (left form) * (right form) * scale."""
+        forms, scale = [], 1.0
+        for axis, role in enumerate(roles):
+            n = shape[axis]
+            if role is None:
+                scale *= n
+            elif role == "out":
+                forms.append(self._channels(out_layout, n))
+            elif role == "in":
+                forms.append(self._channels(in_layout, n))
+            else:  # "in_group": the input channels of one conv group
+                coef, const = self._channels(in_layout, n * groups)
+                forms.append((coef / groups, const / groups))
+        if len(forms) > 2:
+            raise ValueError(f"a tensor following {len(forms)} channel axes is not supported")
+        one = (np.zeros(len(self._size)), 1.0)
+        forms += [one] * (2 - len(forms))
+        return forms[0], forms[1], scale
 
-    def _build_params(self, graph: ChannelGraph, model: nn.Module) -> None:
+    def _build_macs(self, graph: ChannelGraph, model: nn.Module, layers: LayerTable) -> None:
+        left, right, scale = _Forms(len(self._size)), _Forms(len(self._size)), []
+        const = 0.0
+        for layer in graph.layers:
+            module = model.get_submodule(layer.name)
+            spec, binding = layers.lookup(module), graph.bindings.get(layer.name)
+            weight = full_tensor(module, spec.macs_tensor) if spec and spec.macs_tensor else None
+            if weight is None:
+                raise ValueError(f"{layer.name}: a layer record needs a layer spec with a "
+                                 "MACs tensor")
+            if binding is None:  # a fixed layer
+                const += layer.positions * weight.numel()
+                continue
+            roles = spec.tensors(module, binding.kind)[spec.macs_tensor]
+            a, b, s = self._product(roles, tuple(weight.shape), layer.inputs.layout,
+                                    layer.output.layout, layer.groups)
+            left.add(*a)
+            right.add(*b)
+            scale.append(layer.positions * s)
+        self._macs = (*left.matrices(), *right.matrices(), np.asarray(scale, dtype=np.float64))
+        self._macs_const = const + float(sum(r.macs for r in graph.fixed_macs))
+
+    def _build_params(self, graph: ChannelGraph, model: nn.Module, layers: LayerTable) -> None:
         left, right, scale = _Forms(len(self._size)), _Forms(len(self._size)), []
         bound_full = 0
         one = (np.zeros(len(self._size)), 1.0)
+        per_channel = set(graph.parameters)
         for b in graph.bindings.values():
             module = model.get_submodule(b.name)
-            weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-            out = self._channels(b.out_layout, 0)
-            if b.kind in ("conv", "linear", "groupwise") and weight is not None:
-                kernel = weight[0, 0].numel()
-                conv = getattr(module, "template", module)  # the original of a dynamic layer
-                groups = getattr(conv, "groups", 1) if b.kind == "groupwise" else 1
-                left.add(*out)
-                right.add(*self._channels(b.in_layout, 0))
-                scale.append(float(kernel) / groups)
-            elif b.kind in ("depthwise", "grouped") and weight is not None:
-                left.add(*out)
-                right.add(*one)
-                scale.append(float(weight[0].numel()))
-            elif weight is not None:
-                left.add(*out)
-                right.add(*one)
-                scale.append(1.0)
-            if bias is not None:
-                left.add(*out)
-                right.add(*one)
-                scale.append(1.0)
-            bound_full += sum(p.numel() for p in (weight, bias) if p is not None)
+            spec = layers.lookup(module)
+            assert spec is not None
+            groups = module.__dict__.get("groups", 1)
+            for name, roles in layer_axes(module, spec, b.kind).items():
+                tensor = module._parameters.get(name)
+                if tensor is None or f"{b.name}.{name}" in per_channel:
+                    continue
+                lf, rf, s = self._product(roles, tuple(tensor.shape), b.in_layout,
+                                          b.out_layout, groups)
+                left.add(*lf)
+                right.add(*rf)
+                scale.append(s)
+                bound_full += tensor.numel()
         for pb in graph.parameters.values():  # per-channel parameters (layer scales)
             tensor = _own_parameter(model, pb.name)
             if tensor is None:  # a buffer: not a parameter

@@ -1,22 +1,39 @@
-"""Dynamic versions of the layers that own channel-sized tensors.
+"""Dynamic layers: a layer keeps its own class and its own `forward`, and its channel-sized
+attributes resolve to the active channels.
 
-A dynamic module shares its Parameters and buffers with the module it replaces (so state
-dicts, optimizers and checkpoints keep the original names) and runs on the active channel
-indices the Supernet sets on it: narrowed views when the indices are contiguous,
-index_select otherwise. `materialize()` returns a module of the original class with
-physically smaller tensors.
+A sliced module's class is swapped (in place) for a subclass of its own class whose
+`weight`, `bias`, running statistics, `out_channels`, `num_features`, `groups`... are
+properties that return the active slices and sizes. The layer's own forward runs unchanged,
+so a subclass with a forward of its own (an activation fused into a BatchNorm, a
+weight-standardized conv, "same" padding) computes what it computes at full width, on
+fewer channels. The Parameters and buffers stay where they are: state dicts, optimizers and
+checkpoints keep the original names and tensors.
+
+What a layer class slices is one registration in `LAYERS` (a `LayerSpec`): which tensors
+follow the input or output channels along which axes, and which constructor sizes follow
+them. The cost model reads the same spec, so a new layer type is one `register_layer` call.
+A per-channel tensor of a subclass that no spec names (a gain of the output channels) follows
+the output channels when its first axis has their size.
 """
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .errors import WidthSearchError
 from .patterns import Selection, selection_size
+
+Role = str | None
+"""What an axis of a sliced tensor follows: "out", "in", "in_group" (the input channels
+inside one conv group) or None (unchanged)."""
+
+Cut = tuple[tuple[int, Selection], ...]
+"""The selections a tensor takes, as (axis, selection) pairs."""
 
 
 def take(t: torch.Tensor, dim: int, sel: Selection) -> torch.Tensor:
@@ -28,360 +45,383 @@ def take(t: torch.Tensor, dim: int, sel: Selection) -> torch.Tensor:
     return t.index_select(dim, sel)
 
 
-def _maybe(t: torch.Tensor | None, dim: int, sel: Selection) -> torch.Tensor | None:
-    return None if t is None else take(t, dim, sel)
+def cut(t: torch.Tensor, cuts: Cut) -> torch.Tensor:
+    for axis, sel in cuts:
+        t = take(t, axis, sel)
+    return t
 
 
-def rebuild(template: nn.Module, attrs: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Module:
-    """A module of `template`'s class with new attributes and freshly owned tensors."""
-    new = copy.copy(template)
-    new._parameters = {}
-    new._buffers = {}
-    new._modules = dict(template._modules)
-    new._non_persistent_buffers_set = set(template._non_persistent_buffers_set)
-    for key, value in attrs.items():
-        setattr(new, key, value)
-    for name, param in template._parameters.items():
-        if param is None:
-            new._parameters[name] = None
-        else:
-            value = tensors[name].detach().clone()
-            new._parameters[name] = nn.Parameter(value, requires_grad=param.requires_grad)
-    for name, buf in template._buffers.items():
-        new._buffers[name] = None if buf is None else tensors.get(name, buf).detach().clone()
-    return new
+# -- the layer table ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerSpec:
+    """How one layer class is sliced.
 
-
-class DynamicModule(nn.Module):
-    """Base class: shares the template's tensors and holds the active selections."""
-
-    kind = "dynamic"
-
-    def __init__(self, template: nn.Module) -> None:
-        super().__init__()
-        object.__setattr__(self, "template", template)  # kept outside the module tree
-        for name, param in template._parameters.items():
-            self.register_parameter(name, param)
-        for name, buf in template._buffers.items():
-            persistent = name not in template._non_persistent_buffers_set
-            self.register_buffer(name, buf, persistent=persistent)
-        self.in_sel: Selection = slice(0, 0)
-        self.out_sel: Selection = slice(0, 0)
-
-    def set_selection(self, in_sel: Selection, out_sel: Selection) -> None:
-        self.in_sel, self.out_sel = in_sel, out_sel
-
-    def _tensors(self) -> dict[str, torch.Tensor]:
-        return {**{k: v for k, v in self._parameters.items() if v is not None},
-                **{k: v for k, v in self._buffers.items() if v is not None}}
-
-    def materialize(self) -> nn.Module:  # pragma: no cover - every subclass overrides
-        raise TypeError(f"{type(self).__name__} cannot be materialized")
-
-    def shape_spec(self) -> dict[str, Any]:
-        """The constructor-level attributes that differ from the template, for rebuilding."""
-        return {}
-
-    def extra_repr(self) -> str:
-        return f"{type(self.template).__name__}, in={selection_size(self.in_sel)}, " \
-               f"out={selection_size(self.out_sel)}"
-
-
-class DynamicConv2d(DynamicModule):
-    """A Conv2d whose in/out channels are the active selections.
-
-    - dense (groups = 1): slices both axes of the weight;
-    - `depthwise` (in = out, any groups): in and out share one selection of whole conv groups,
-      so k kept groups of `per_group` channels run as a conv with groups = k (depthwise:
-      per_group = 1);
-    - `groupwise` (grouped, in != out): every conv group is kept and the same channels are
-      taken inside each, so groups stays and the weight's input axis takes the offsets the
-      selection has inside the first group.
+    tensors: (module, mode) -> {tensor name: role of each axis}; `mode` is the binding kind
+        discovery gave the layer ("conv", "depthwise", "grouped", "groupwise", ...).
+    sizes: (module, mode, active inputs, active outputs) -> {attribute: active value}.
+    size_names: every attribute `sizes` may set (an export's sidecar may set only these).
+    macs_tensor: MACs = output positions x active entries of this tensor (None: no MACs).
     """
 
-    kind = "conv"
-
-    def __init__(self, template: nn.Conv2d, depthwise: bool = False,
-                 groupwise: bool = False) -> None:
-        super().__init__(template)
-        self.depthwise = depthwise
-        self.groupwise = groupwise
-        self.per_group = template.in_channels // template.groups
-
-    def _in_offsets(self) -> Selection:
-        """The input channels the active selection takes inside one conv group."""
-        conv: nn.Conv2d = self.template  # type: ignore[assignment]
-        n = selection_size(self.in_sel) // conv.groups
-        if isinstance(self.in_sel, slice):
-            return slice(self.in_sel.start, self.in_sel.start + n)
-        return self.in_sel[:n]
-
-    def _weight(self) -> torch.Tensor:
-        weight = take(self.weight, 0, self.out_sel)
-        if self.groupwise:
-            return take(weight, 1, self._in_offsets())
-        if not self.depthwise:
-            return take(weight, 1, self.in_sel)
-        return weight
-
-    def _groups(self) -> int:
-        conv: nn.Conv2d = self.template  # type: ignore[assignment]
-        if self.depthwise:
-            return selection_size(self.out_sel) // self.per_group
-        return conv.groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv: nn.Conv2d = self.template  # type: ignore[assignment]
-        weight, groups = self._weight(), self._groups()
-        bias = _maybe(self.bias, 0, self.out_sel)
-        if conv.padding_mode != "zeros":
-            x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
-            return F.conv2d(x, weight, bias, conv.stride, 0, conv.dilation, groups)
-        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, groups)
-
-    def shape_spec(self) -> dict[str, Any]:
-        out = selection_size(self.out_sel)
-        spec = {"in_channels": out if self.depthwise else selection_size(self.in_sel),
-                "out_channels": out}
-        if self.depthwise:
-            spec["groups"] = self._groups()
-        return spec
-
-    def materialize(self) -> nn.Module:
-        tensors = {"weight": self._weight()}
-        if self.bias is not None:
-            tensors["bias"] = take(self.bias, 0, self.out_sel)
-        return rebuild(self.template, self.shape_spec(), tensors)
+    tensors: Callable[[nn.Module, str], dict[str, tuple[Role, ...]]]
+    sizes: Callable[[nn.Module, str, int, int], dict[str, Any]]
+    size_names: tuple[str, ...]
+    macs_tensor: str | None = None
 
 
-class DynamicLinear(DynamicModule):
-    """A Linear over the active input features (channels x spatial after a flatten)."""
+@dataclass
+class LayerTable:
+    """Layer class -> LayerSpec, looked up along the MRO (a subclass inherits its base's)."""
 
-    kind = "linear"
+    specs: dict[type, LayerSpec] = field(default_factory=dict)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = take(take(self.weight, 0, self.out_sel), 1, self.in_sel)
-        return F.linear(x, weight, _maybe(self.bias, 0, self.out_sel))
+    def register(self, cls: type, spec: LayerSpec) -> None:
+        self.specs[cls] = spec
 
-    def shape_spec(self) -> dict[str, Any]:
-        return {"in_features": selection_size(self.in_sel),
-                "out_features": selection_size(self.out_sel)}
+    def lookup(self, module: nn.Module | type) -> LayerSpec | None:
+        cls = module if isinstance(module, type) else type(module)
+        base = getattr(cls, "_widthsearch_base", None)  # a swapped class: its original
+        for c in (base or cls).__mro__:
+            if c in self.specs:
+                return self.specs[c]
+        return None
 
-    def materialize(self) -> nn.Module:
-        tensors = {"weight": take(take(self.weight, 0, self.out_sel), 1, self.in_sel)}
-        if self.bias is not None:
-            tensors["bias"] = take(self.bias, 0, self.out_sel)
-        return rebuild(self.template, self.shape_spec(), tensors)
-
-
-class _DynamicNorm(DynamicModule):
-    """Shared slicing of per-channel affine parameters and statistics."""
-
-    def _sliced(self) -> dict[str, torch.Tensor]:
-        return {k: (v if v.dim() == 0 else take(v, 0, self.out_sel))
-                for k, v in self._tensors().items()}
+    def copy(self) -> LayerTable:
+        return LayerTable(dict(self.specs))
 
 
-class DynamicBatchNorm(_DynamicNorm):
-    """BatchNorm on the active channels; running statistics of those channels are updated."""
-
-    kind = "batchnorm"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bn: nn.modules.batchnorm._BatchNorm = self.template  # type: ignore[assignment]
-        sel = self.out_sel
-        factor = 0.0 if bn.momentum is None else bn.momentum
-        if self.training and bn.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if bn.momentum is None else bn.momentum
-        use_batch_stats = self.training or self.running_mean is None
-        mean = _maybe(self.running_mean, 0, sel)
-        var = _maybe(self.running_var, 0, sel)
-        track = not self.training or bn.track_running_stats
-        out = F.batch_norm(
-            x, mean if track else None, var if track else None,
-            _maybe(self.weight, 0, sel), _maybe(self.bias, 0, sel),
-            use_batch_stats, factor, bn.eps,
-        )
-        if use_batch_stats and track and mean is not None and not isinstance(sel, slice):
-            with torch.no_grad():  # index_select copied the stats: write the update back
-                self.running_mean.index_copy_(0, sel, mean)
-                self.running_var.index_copy_(0, sel, var)
-        return out
-
-    def shape_spec(self) -> dict[str, Any]:
-        return {"num_features": selection_size(self.out_sel)}
-
-    def materialize(self) -> nn.Module:
-        return rebuild(self.template, self.shape_spec(), self._sliced())
+def _conv_tensors(m: nn.Module, mode: str) -> dict[str, tuple[Role, ...]]:
+    rest = (None,) * (m.weight.dim() - 2)
+    inputs = {"depthwise": None, "grouped": None, "groupwise": "in_group"}.get(mode, "in")
+    return {"weight": ("out", inputs, *rest), "bias": ("out",)}
 
 
-class DynamicGroupNorm(_DynamicNorm):
-    """GroupNorm over whole groups of the active channels (widths keep the group size)."""
-
-    kind = "groupnorm"
-
-    def _groups(self) -> int:
-        gn: nn.GroupNorm = self.template  # type: ignore[assignment]
-        return selection_size(self.out_sel) // (gn.num_channels // gn.num_groups)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gn: nn.GroupNorm = self.template  # type: ignore[assignment]
-        return F.group_norm(x, self._groups(), _maybe(self.weight, 0, self.out_sel),
-                            _maybe(self.bias, 0, self.out_sel), gn.eps)
-
-    def shape_spec(self) -> dict[str, Any]:
-        return {"num_channels": selection_size(self.out_sel), "num_groups": self._groups()}
-
-    def materialize(self) -> nn.Module:
-        return rebuild(self.template, self.shape_spec(), self._sliced())
+def _conv_sizes(m: nn.Module, mode: str, n_in: int, n_out: int) -> dict[str, Any]:
+    if mode in ("depthwise", "grouped"):  # in = out: k whole conv groups are kept
+        per_group = m.__dict__["in_channels"] // m.__dict__["groups"]
+        return {"in_channels": n_out, "out_channels": n_out, "groups": n_out // per_group}
+    return {"in_channels": n_in, "out_channels": n_out}
 
 
-class DynamicLayerNorm(_DynamicNorm):
-    """LayerNorm over the last (channel) axis at its active width; `channels_first` for a
-    LayerNorm subclass that normalizes axis 1 of an NCHW tensor (ConvNeXt's LayerNorm2d)."""
-
-    kind = "layernorm"
-
-    def __init__(self, template: nn.LayerNorm, channels_first: bool = False) -> None:
-        super().__init__(template)
-        self.channels_first = channels_first
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ln: nn.LayerNorm = self.template  # type: ignore[assignment]
-        if self.channels_first:
-            x = x.movedim(1, -1)
-        y = F.layer_norm(x, (selection_size(self.out_sel),),
-                         _maybe(self.weight, 0, self.out_sel),
-                         _maybe(self.bias, 0, self.out_sel), ln.eps)
-        return y.movedim(-1, 1) if self.channels_first else y
-
-    def shape_spec(self) -> dict[str, Any]:
-        return {"normalized_shape": (selection_size(self.out_sel),)}
-
-    def materialize(self) -> nn.Module:
-        return rebuild(self.template, self.shape_spec(), self._sliced())
+def _per_channel(*names: str) -> Callable[[nn.Module, str], dict[str, tuple[Role, ...]]]:
+    return lambda m, mode: {n: ("out",) for n in names}
 
 
-def make_dynamic(kind: str, module: nn.Module) -> DynamicModule:
-    """The dynamic replacement for a discovered binding kind."""
-    if kind == "conv":
-        return DynamicConv2d(module)  # type: ignore[arg-type]
-    if kind in ("depthwise", "grouped"):
-        return DynamicConv2d(module, depthwise=True)  # type: ignore[arg-type]
-    if kind == "groupwise":
-        return DynamicConv2d(module, groupwise=True)  # type: ignore[arg-type]
-    if kind == "layernorm2d":
-        return DynamicLayerNorm(module, channels_first=True)  # type: ignore[arg-type]
-    builders = {"linear": DynamicLinear, "batchnorm": DynamicBatchNorm,
-                "groupnorm": DynamicGroupNorm, "layernorm": DynamicLayerNorm}
-    return builders[kind](module)
+def _group_norm_sizes(m: nn.Module, mode: str, n_in: int, n_out: int) -> dict[str, Any]:
+    per_group = m.__dict__["num_channels"] // m.__dict__["num_groups"]
+    return {"num_channels": n_out, "num_groups": n_out // per_group}
 
 
-class DynamicParameter:
-    """A parameter (or buffer) the model scales or shifts its features by per channel: a
-    ConvNeXt layer scale, a position embedding. It stays on its module (state dict keys
-    unchanged); the module's class is swapped for a subclass whose attribute of that name
-    returns the active slice along `axis`, the way torch.nn.utils.parametrize works.
+CONV = LayerSpec(_conv_tensors, _conv_sizes, ("in_channels", "out_channels", "groups"),
+                 macs_tensor="weight")
+LINEAR = LayerSpec(lambda m, mode: {"weight": ("out", "in"), "bias": ("out",)},
+                   lambda m, mode, i, o: {"in_features": i, "out_features": o},
+                   ("in_features", "out_features"), macs_tensor="weight")
+BATCHNORM = LayerSpec(_per_channel("weight", "bias", "running_mean", "running_var"),
+                      lambda m, mode, i, o: {"num_features": o}, ("num_features",))
+GROUPNORM = LayerSpec(_per_channel("weight", "bias"), _group_norm_sizes,
+                      ("num_channels", "num_groups"))
+LAYERNORM = LayerSpec(_per_channel("weight", "bias"),
+                      lambda m, mode, i, o: {"normalized_shape": (o,)}, ("normalized_shape",))
+
+
+def default_layers() -> LayerTable:
+    """The shipped specs: convolutions (1-3 d), linear, batch / group / layer norms."""
+    table = LayerTable()
+    for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        table.register(cls, CONV)
+    table.register(nn.Linear, LINEAR)
+    table.register(nn.modules.batchnorm._BatchNorm, BATCHNORM)
+    table.register(nn.GroupNorm, GROUPNORM)
+    table.register(nn.LayerNorm, LAYERNORM)
+    return table
+
+
+LAYERS = default_layers()
+
+
+def register_layer(cls: type, spec: LayerSpec, *, rule: Callable[..., Any] | None = None,
+                   layers: LayerTable | None = None, rules: Any = None) -> None:
+    """Support a new layer class: how it slices and (optionally) its discovery rule.
+
+    `rule` is registered in the discovery rule table (`rules`, default the shared one); a
+    subclass of a supported layer needs neither: it inherits its base's spec and rule.
+    """
+    (layers or LAYERS).register(cls, spec)
+    if rule is not None:
+        from .discovery import RULES
+
+        (rules or RULES).register(cls)(rule)
+
+
+# -- the slicing state of one module ---------------------------------------------------------------
+class Slices:
+    """The active cuts and sizes of one module (kept in the module's `__dict__`).
+
+    During a forward that gathers (a non-contiguous selection), each sliced tensor is cut
+    once and reused; gathered buffers (running statistics) are written back afterwards, so
+    a BatchNorm's update of the active channels is kept.
     """
 
-    kind = "parameter"
+    def __init__(self) -> None:
+        self.layer: tuple[LayerSpec, str] | None = None  # (spec, mode) of a bound layer
+        self.layer_axes: dict[str, tuple[Role, ...]] = {}  # layer tensor -> role per axis
+        self.param_axes: dict[str, int] = {}               # bound per-channel tensor -> axis
+        self.cuts: dict[str, Cut] = {}
+        self.sizes: dict[str, Any] = {}
+        self.gathers = False
+        self.open: dict[str, torch.Tensor] | None = None
 
-    def __init__(self, owner: nn.Module, attr: str, axis: int) -> None:
-        self.owner, self.attr, self.axis = owner, attr, axis
-        if "_widthsearch_slices" not in owner.__dict__:
-            base = type(owner)
-            owner.__class__ = type(f"Sliced{base.__name__}", (base,), {"_widthsearch_base": base})
-            owner.__dict__["_widthsearch_slices"] = {}
+    def set_layer(self, module: nn.Module, in_sel: Selection, out_sel: Selection) -> None:
+        assert self.layer is not None
+        spec, mode = self.layer
+        by_role: dict[str, Selection] = {"out": out_sel, "in": in_sel}
+        if any("in_group" in roles for roles in self.layer_axes.values()):
+            by_role["in_group"] = _first_group(in_sel, module.__dict__["groups"])
+        for name, roles in self.layer_axes.items():
+            self.cuts[name] = tuple((axis, by_role[r]) for axis, r in enumerate(roles)
+                                    if r is not None)
+        self.sizes = spec.sizes(module, mode, selection_size(in_sel), selection_size(out_sel))
+        self._refresh()
 
-        def active(module: nn.Module, attr: str = attr) -> torch.Tensor:
-            tensor = module._parameters.get(attr)
-            if tensor is None:
-                tensor = module._buffers[attr]
-            axis, sel = module.__dict__["_widthsearch_slices"][attr]
-            return take(tensor, axis, sel)
+    def set_tensor(self, name: str, sel: Selection) -> None:
+        self.cuts[name] = ((self.param_axes[name], sel),)
+        self._refresh()
 
-        setattr(type(owner), attr, property(active))
-        self.set_selection(slice(0, self.full.shape[axis]), slice(0, self.full.shape[axis]))
+    def _refresh(self) -> None:
+        self.gathers = any(not isinstance(s, slice) for c in self.cuts.values() for _, s in c)
 
-    @property
-    def full(self) -> torch.Tensor:
-        t = self.owner._parameters.get(self.attr)
-        return t if t is not None else self.owner._buffers[self.attr]
 
-    def set_selection(self, in_sel: Selection, out_sel: Selection) -> None:
-        self.owner.__dict__["_widthsearch_slices"][self.attr] = (self.axis, out_sel)
+def _first_group(sel: Selection, groups: int) -> Selection:
+    """The input channels a block-major selection takes inside the first conv group."""
+    n = selection_size(sel) // groups
+    if isinstance(sel, slice):
+        return slice(sel.start, sel.start + n)
+    return sel[:n]
 
-    def materialize(self) -> torch.Tensor:
-        """The active slice as a tensor of its own (a Parameter if the original is one)."""
-        full = self.full
-        _, sel = self.owner.__dict__["_widthsearch_slices"][self.attr]
-        value = take(full, self.axis, sel).detach().clone()
-        if isinstance(full, nn.Parameter):
-            return nn.Parameter(value, requires_grad=full.requires_grad)
+
+def _full(module: nn.Module, name: str) -> torch.Tensor | None:
+    if name in module._parameters:
+        return module._parameters[name]
+    return module._buffers.get(name)
+
+
+def _extras(module: nn.Module, spec: LayerSpec, mode: str) -> dict[str, tuple[Role, ...]]:
+    """Per-channel tensors of a subclass no spec names: they follow the output channels
+    when their first axis has that size (a weight-standardized conv's gain)."""
+    named = spec.tensors(module, mode)
+    out_size = _out_size(module, spec, mode)
+    extras = {}
+    for name, t in [*module._parameters.items(), *module._buffers.items()]:
+        if name in named or t is None or t.dim() == 0:
+            continue
+        if t.shape[0] == out_size:
+            extras[name] = ("out", *(None,) * (t.dim() - 1))
+    return extras
+
+
+def layer_axes(module: nn.Module, spec: LayerSpec, mode: str) -> dict[str, tuple[Role, ...]]:
+    """Every tensor of a bound layer that follows its channels, with the role of each axis."""
+    axes = {**spec.tensors(module, mode), **_extras(module, spec, mode)}
+    return {n: r for n, r in axes.items() if _full(module, n) is not None}
+
+
+def full_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    """Parameter or buffer `name` at full size (the attribute may return the active slice)."""
+    return _full(module, name)
+
+
+def _out_size(module: nn.Module, spec: LayerSpec, mode: str) -> int:
+    for name, roles in spec.tensors(module, mode).items():
+        t = _full(module, name)
+        if t is not None and "out" in roles:
+            return t.shape[roles.index("out")]
+    return -1
+
+
+class _SlicedForward:
+    """The first base of a swapped class: runs the layer's own forward around the cuts."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        slices: Slices = self.__dict__["_widthsearch_slices"]
+        if not slices.gathers or slices.open is not None:
+            return super().forward(*args, **kwargs)  # type: ignore[misc]
+        slices.open = {}
+        try:
+            return super().forward(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            opened, slices.open = slices.open, None
+            _write_back(self, slices, opened)  # type: ignore[arg-type]
+
+
+def _write_back(module: nn.Module, slices: Slices, opened: dict[str, torch.Tensor]) -> None:
+    """Copy gathered buffers (updated in place by the forward) into the full tensors."""
+    with torch.no_grad():
+        for name, value in opened.items():
+            full = module._buffers.get(name)
+            cuts = slices.cuts.get(name, ())
+            if full is None or len(cuts) != 1 or isinstance(cuts[0][1], slice):
+                continue
+            axis, sel = cuts[0]
+            full.index_copy_(axis, sel, value)
+
+
+def _tensor_property(name: str) -> property:
+    def get(module: nn.Module) -> torch.Tensor | None:
+        full = _full(module, name)
+        slices: Slices = module.__dict__["_widthsearch_slices"]
+        cuts = slices.cuts.get(name)
+        if full is None or not cuts:
+            return full
+        if slices.open is None:
+            return cut(full, cuts)
+        value = slices.open.get(name)
+        if value is None:
+            value = slices.open[name] = cut(full, cuts)
         return value
 
-    def shape_spec(self) -> dict[str, Any]:
-        _, sel = self.owner.__dict__["_widthsearch_slices"][self.attr]
-        shape = list(self.full.shape)
-        shape[self.axis] = selection_size(sel)
-        return {"shape": shape}
+    return property(get)
 
 
-def unslice(module: nn.Module) -> nn.Module:
-    """Give every module that DynamicParameter changed its original class back (in place)."""
-    for m in module.modules():
-        base = type(m).__dict__.get("_widthsearch_base")
-        if base is not None:
-            m.__class__ = base
-            m.__dict__.pop("_widthsearch_slices", None)
-    return module
+def _size_property(name: str) -> property:
+    def get(module: nn.Module) -> Any:
+        sizes = module.__dict__["_widthsearch_slices"].sizes
+        return sizes[name] if name in sizes else module.__dict__[name]
+
+    return property(get)
 
 
-def resize_tensor(model: nn.Module, name: str, shape: list[int]) -> None:
-    """Replace parameter or buffer `name` of `model` by an uninitialized one of `shape`."""
-    owner_name, _, attr = name.rpartition(".")
-    owner = model.get_submodule(owner_name) if owner_name else model
-    if attr in owner._parameters and owner._parameters[attr] is not None:
-        old = owner._parameters[attr]
-        owner._parameters[attr] = nn.Parameter(torch.empty(shape, dtype=old.dtype),
-                                               requires_grad=old.requires_grad)
-    elif attr in owner._buffers and owner._buffers[attr] is not None:
-        owner._buffers[attr] = torch.empty(shape, dtype=owner._buffers[attr].dtype)
-    else:
-        raise AttributeError(name)
+class SlicedClasses:
+    """The swapped classes one supernet made, one per (class, sliced attributes)."""
+
+    def __init__(self) -> None:
+        self._classes: dict[tuple[type, frozenset[str], frozenset[str]], type] = {}
+
+    def of(self, base: type, tensors: frozenset[str], sizes: frozenset[str]) -> type:
+        key = (base, tensors, sizes)
+        if key not in self._classes:
+            attrs: dict[str, Any] = {n: _tensor_property(n) for n in tensors}
+            attrs.update({n: _size_property(n) for n in sizes})
+            attrs.update(_widthsearch_base=base, __module__=__name__,
+                         __qualname__=f"Dynamic{base.__qualname__}")
+            self._classes[key] = type(f"Dynamic{base.__name__}", (_SlicedForward, base), attrs)
+        return self._classes[key]
 
 
-def shrink(module: nn.Module, spec: dict[str, Any]) -> nn.Module:
-    """A module of the same class at the shapes `spec` gives, with uninitialized tensors.
+def slices_of(module: nn.Module) -> Slices | None:
+    return module.__dict__.get("_widthsearch_slices")
 
-    Used to rebuild an exported model from its JSON sidecar before loading its weights.
+
+def original_class(module: nn.Module) -> type:
+    return type(module).__dict__.get("_widthsearch_base", type(module))
+
+
+def make_sliced(module: nn.Module, classes: SlicedClasses, *,
+                layer: tuple[LayerSpec, str] | None = None,
+                tensors: Mapping[str, int] | None = None) -> Slices:
+    """Swap `module`'s class so that the layer tensors of `layer` (a spec and the binding
+    mode) and the per-channel `tensors` ({name: axis}) resolve to their active slices."""
+    slices = slices_of(module) or Slices()
+    base = original_class(module)
+    for name, axis in (tensors or {}).items():
+        t = _full(module, name)
+        assert t is not None
+        slices.param_axes[name] = axis
+        slices.cuts[name] = ((axis, slice(0, t.shape[axis])),)
+    if layer is not None:
+        spec, mode = layer
+        for name in spec.size_names:
+            if name not in module.__dict__:
+                raise WidthSearchError(f"{base.__name__} has no attribute {name!r} to slice")
+        slices.layer = layer
+        slices.layer_axes = {n: r for n, r in layer_axes(module, spec, mode).items()
+                             if n not in slices.param_axes}
+    size_names = frozenset(slices.layer[0].size_names) if slices.layer else frozenset()
+    module.__dict__["_widthsearch_slices"] = slices
+    names = frozenset(slices.layer_axes) | frozenset(slices.param_axes)
+    module.__class__ = classes.of(base, names, size_names)
+    return slices
+
+
+# -- export ------------------------------------------------------------------------------------
+def materialize(module: nn.Module) -> dict[str, Any]:
+    """Turn a sliced module (of a copied model) into its original class at its active sizes,
+    in place; returns what `resize` needs to rebuild it ({"attrs", "tensors"})."""
+    slices = slices_of(module)
+    assert slices is not None
+    tensors: dict[str, list[int]] = {}
+    for name, cuts in slices.cuts.items():
+        full = _full(module, name)
+        if full is None:
+            continue
+        value = cut(full, cuts).detach().clone()
+        if name in module._parameters:
+            module._parameters[name] = nn.Parameter(value, requires_grad=full.requires_grad)
+        else:
+            module._buffers[name] = value
+        tensors[name] = list(value.shape)
+    for name, value in slices.sizes.items():
+        module.__dict__[name] = value
+    module.__class__ = original_class(module)
+    del module.__dict__["_widthsearch_slices"]
+    return {"attrs": {k: list(v) if isinstance(v, tuple) else v for k, v in slices.sizes.items()},
+            "tensors": tensors}
+
+
+def sliced_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    for name, m in model.named_modules():
+        if slices_of(m) is not None:
+            yield name, m
+
+
+def resize(module: nn.Module, spec: Mapping[str, Any], layers: LayerTable | None = None, *,
+           where: str = "") -> None:
+    """Give `module` the sizes and (uninitialized) tensor shapes an export recorded, in place.
+
+    Used to rebuild an exported model from its JSON sidecar before loading its weights; only
+    the sizes its layer spec declares may be set.
     """
-    attrs = dict(spec)
-    if "normalized_shape" in attrs:
-        attrs["normalized_shape"] = tuple(attrs["normalized_shape"])
-    probe = copy.copy(module)
-    probe.__dict__ = {**module.__dict__, **attrs}
-    tensors = {name: torch.empty(_shape_of(probe, name, t)) for name, t in
-               {**module._parameters, **module._buffers}.items() if t is not None}
-    return rebuild(module, attrs, tensors)
+    attrs = dict(spec.get("attrs", {}))
+    if attrs:
+        layer = (layers or LAYERS).lookup(module)
+        allowed = set(layer.size_names) if layer else set()
+        unknown = set(attrs) - allowed
+        if unknown:
+            raise WidthSearchError(
+                f"cannot set {sorted(unknown)} on {type(module).__name__}: not a size its "
+                "layer spec declares")
+    for name, value in attrs.items():
+        if not (isinstance(value, int) or (isinstance(value, list) and all(
+                isinstance(v, int) for v in value))):
+            raise WidthSearchError(f"size {name}={value!r} is not an integer or a list of them")
+        module.__dict__[name] = tuple(value) if isinstance(value, list) else value
+    layer = (layers or LAYERS).lookup(module)
+    roles = layer.tensors(module, "") if layer else {}
+    for name, shape in spec.get("tensors", {}).items():
+        keep = [a for a, r in enumerate(roles.get(name, ())) if r is None]
+        resize_tensor(module, name, shape, keep, where=where)
 
 
-def _shape_of(m: nn.Module, name: str, t: torch.Tensor) -> tuple[int, ...]:
-    if t.dim() == 0:
-        return ()
-    if isinstance(m, nn.Conv2d) and name == "weight":
-        return (m.out_channels, m.in_channels // m.groups, *t.shape[2:])
-    if isinstance(m, nn.Conv2d):
-        return (m.out_channels,)
-    if isinstance(m, nn.Linear) and name == "weight":
-        return (m.out_features, m.in_features)
-    if isinstance(m, nn.Linear):
-        return (m.out_features,)
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        return (m.num_features,)
-    if isinstance(m, nn.GroupNorm):
-        return (m.num_channels,)
-    if isinstance(m, nn.LayerNorm):
-        return tuple(m.normalized_shape)
-    raise TypeError(f"cannot resize {type(m).__name__}.{name}")
+def resize_tensor(module: nn.Module, name: str, shape: list[int], keep: Sequence[int] = (),
+                  *, where: str = "") -> None:
+    """Replace parameter or buffer `name` of `module` by an uninitialized one of `shape`.
+
+    A slimmed tensor only shrinks, and keeps the axes in `keep` (a kernel's) as they are: a
+    full-size model that does not match the export is refused, not silently reshaped.
+    """
+    old = _full(module, name)
+    if old is None:
+        raise WidthSearchError(f"{type(module).__name__} has no tensor {name!r} to resize")
+    fits = isinstance(shape, list) and len(shape) == old.dim() and all(
+        isinstance(n, int) and 0 <= n <= full and (a not in keep or n == full)
+        for a, (n, full) in enumerate(zip(shape, old.shape, strict=True)))
+    if not fits:
+        raise WidthSearchError(
+            f"the export does not fit the model: {where}.{name} ({type(module).__name__}) has "
+            f"shape {list(old.shape)}, the export {shape}; pass the full-size model the "
+            "subnet was exported from")
+    new = torch.empty(shape, dtype=old.dtype)
+    if name in module._parameters:
+        module._parameters[name] = nn.Parameter(new, requires_grad=old.requires_grad)
+    else:
+        module._buffers[name] = new

@@ -16,7 +16,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .dynamic import resize_tensor, shrink
+from .dynamic import resize
 from .errors import WidthSearchError
 
 FORMAT = "widthsearch-export/1"
@@ -85,16 +85,15 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         model = get(record["model"], **record["model_kwargs"])
     for name, spec in record["shapes"].items():
         try:
-            if "shape" in spec:  # a sliced parameter (a layer scale), not a layer
-                resize_tensor(model, name, spec["shape"])
-                continue
-            layer = model.get_submodule(name)
+            layer = model.get_submodule(name) if name else model
         except AttributeError:
             raise WidthSearchError(
                 f"{weights} resizes layer {name!r}, which {type(model).__name__} does not "
                 "have; pass the full-size model the subnet was exported from"
             ) from None
-        model.set_submodule(name, shrink(layer, spec))
+        if not isinstance(spec, dict):
+            raise WidthSearchError(f"{weights}: the shapes of {name!r} are not a mapping")
+        resize(layer, spec, where=name)
     if not weights.exists():
         raise WidthSearchError(f"{weights} is missing")
     state = load_file(str(weights))

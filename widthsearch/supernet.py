@@ -1,8 +1,11 @@
 """The Supernet: a model whose channel widths switch at run time, plus its costs and exports.
 
-The model's own Conv2d / Linear / norm modules are swapped for dynamic ones that share their
-tensors; `activate(config, choice)` sets the active channel indices on those modules (the
-state lives on this object and its modules, never in a global).
+Each layer a channel group passes through keeps its own class and forward; its class is
+swapped for a subclass whose channel-sized attributes resolve to the active slices
+(dynamic.py). `activate(config, choice)` sets the active channel indices on those modules
+(the state lives on this object and its modules, never in a global). At construction the
+supernet checks that at full width it computes what the model computed, that it runs in
+training mode, and that a narrower subnet equals its export (invariant 7).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -18,8 +22,25 @@ import torch
 import torch.nn as nn
 
 from .cost import Cost, CostModel
-from .discovery import ChannelGraph, GroupLayout, Mix, Part, RuleTable, counted_attention, discover
-from .dynamic import DynamicModule, DynamicParameter, make_dynamic, unslice
+from .discovery import (
+    ChannelGraph,
+    GroupLayout,
+    Mix,
+    Part,
+    RuleTable,
+    counted_attention,
+    discover,
+)
+from .dynamic import (
+    LAYERS,
+    LayerTable,
+    SlicedClasses,
+    Slices,
+    make_sliced,
+    materialize,
+    original_class,
+    sliced_modules,
+)
 from .errors import WidthSearchError
 from .patterns import Pattern, Selection, as_selection, get_pattern, selection_tensor
 from .space import ChannelGroup, WidthConfig, WidthSpace, default_choices, default_step
@@ -52,7 +73,10 @@ class Supernet(nn.Module):
         divisions: a group's width step is about size / divisions channels.
         choices: per-group allowed widths that replace the defaults.
         rules: a rule table for discovery (defaults to `discovery.RULES`).
-        verify: run the example input at random widths and fix groups that do not run.
+        layers: a layer table saying how each layer class slices (defaults to `dynamic.LAYERS`).
+        verify: check the conversion (full width equals the model, training mode runs, a
+            random subnet equals its export) and fix groups that do not run when slimmed.
+        cache_size: how many channel selections to keep (least recently used dropped).
     """
 
     def __init__(
@@ -65,7 +89,9 @@ class Supernet(nn.Module):
         divisions: int = 16,
         choices: Mapping[str, list[int]] | None = None,
         rules: RuleTable | None = None,
+        layers: LayerTable | None = None,
         verify: bool = True,
+        cache_size: int = 4096,
     ) -> None:
         super().__init__()
         if isinstance(model, Supernet):
@@ -77,24 +103,35 @@ class Supernet(nn.Module):
         self.space = _build_space(self.graph, min_ratio, divisions)
         if choices:
             self.space = self.space.with_choices(choices)
-        self._dynamic: dict[str, DynamicModule] = {}
+        self.layers = layers or LAYERS
+        reference = _Reference(model, example_input) if verify else None
+        self._classes = SlicedClasses()
+        self._layer_slices: dict[str, tuple[nn.Module, Slices]] = {}
         for name, binding in self.graph.bindings.items():
-            dyn = make_dynamic(binding.kind, model.get_submodule(name))
-            model.set_submodule(name, dyn)
-            self._dynamic[name] = dyn
-        self._params: dict[str, DynamicParameter] = {}
+            module = model.get_submodule(name)
+            spec = self.layers.lookup(module)
+            if spec is None:
+                raise WidthSearchError(
+                    f"{name} ({type(module).__name__}) has a discovery rule but no layer spec; "
+                    "register one with widthsearch.dynamic.register_layer")
+            self._layer_slices[name] = (module, make_sliced(module, self._classes,
+                                                            layer=(spec, binding.kind)))
+        self._param_slices: dict[str, tuple[Slices, str]] = {}
         for name, pb in self.graph.parameters.items():
             owner, _, attr = name.rpartition(".")
-            self._params[name] = DynamicParameter(
-                model.get_submodule(owner) if owner else model, attr, pb.axis)
-        self._selections: dict[tuple[str, int, int], Selection] = {}
-        self._composed: dict[tuple, Selection] = {}
+            module = model.get_submodule(owner) if owner else model
+            self._param_slices[name] = (make_sliced(module, self._classes,
+                                                    tensors={attr: pb.axis}), attr)
+        self._index_layouts()
+        self._selections: _LRU = _LRU(cache_size)
+        self._composed: _LRU = _LRU(cache_size)
         self._config = self.space.max()
         self._choice: dict[str, int] = {}
         self.activate(self._config)
-        if verify:
+        if reference is not None:
+            reference.check(self, example_input)
             self._verify(example_input)
-        self.cost_model = CostModel(self.graph, self.space, model)
+        self.cost_model = CostModel(self.graph, self.space, model, self.layers)
 
     # -- widths ------------------------------------------------------------------------------
     def set_space(self, space: WidthSpace) -> None:
@@ -108,7 +145,7 @@ class Supernet(nn.Module):
         self.space = space
         self._selections.clear()
         self._composed.clear()
-        self.cost_model = CostModel(self.graph, space, self.model)
+        self.cost_model = CostModel(self.graph, space, self.model, self.layers)
         self.activate(space.max())
 
     @property
@@ -132,15 +169,12 @@ class Supernet(nn.Module):
         cfg = self.space.max() if config is None else self.space.validate(config)
         picks = self._resolve_choice(cfg, choice)
         device = _device_of(self.model)
-        for name, dyn in self._dynamic.items():
-            binding = self.graph.bindings[name]
-            dyn.set_selection(
-                self._compose(binding.in_layout, cfg, picks, device),
-                self._compose(binding.out_layout, cfg, picks, device),
-            )
-        for name, param in self._params.items():
-            sel = self._compose(self.graph.parameters[name].layout, cfg, picks, device)
-            param.set_selection(sel, sel)
+        sels = [self._compose(i, cfg, picks, device) for i in range(len(self._layouts))]
+        for name, (module, slices) in self._layer_slices.items():
+            i, o = self._layer_layouts[name]
+            slices.set_layer(module, sels[i], sels[o])
+        for name, (slices, attr) in self._param_slices.items():
+            slices.set_tensor(attr, sels[self._param_layouts[name]])
         self._config, self._choice = cfg, picks
         return _Activation(self, previous)
 
@@ -181,7 +215,8 @@ class Supernet(nn.Module):
 
     def _group_selection(self, name: str, width: int, k: int) -> Selection:
         key = (name, width, k)
-        if key not in self._selections:
+        sel = self._selections.get(key)
+        if sel is None:
             g = self.space[name]
             n, c, step = _pattern_args(g, width)
             sel = self.pattern.indices(n, c, step, k)
@@ -189,16 +224,33 @@ class Supernet(nn.Module):
                 inside = selection_tensor(sel)
                 sel = as_selection(torch.cat([inside + b * n for b in range(g.blocks)]))
             self._selections[key] = sel
-        return self._selections[key]
+        return sel
 
-    def _compose(self, layout: GroupLayout, cfg: WidthConfig, picks: dict[str, int],
+    def _index_layouts(self) -> None:
+        """Number the distinct channel layouts the sliced tensors follow, once: activation
+        composes each of them once per configuration."""
+        index: dict[GroupLayout, int] = {}
+        self._layouts: list[tuple[GroupLayout, tuple[str, ...]]] = []
+
+        def number(layout: GroupLayout) -> int:
+            if layout not in index:
+                index[layout] = len(self._layouts)
+                self._layouts.append((layout, tuple(_leaf_groups(layout.segments))))
+            return index[layout]
+
+        self._layer_layouts = {name: (number(b.in_layout), number(b.out_layout))
+                               for name, b in self.graph.bindings.items()}
+        self._param_layouts = {name: number(p.layout) for name, p in self.graph.parameters.items()}
+
+    def _compose(self, index: int, cfg: WidthConfig, picks: dict[str, int],
                  device: torch.device) -> Selection:
         """The active entries of a (possibly concatenated, flattened, shuffled) channel axis."""
-        names = _leaf_groups(layout.segments)
+        layout, names = self._layouts[index]
         state = tuple((cfg[n], picks.get(n, 0)) for n in names)
-        key = (layout, state, device)
-        if key in self._composed:
-            return self._composed[key]
+        key = (index, state, device)
+        cached = self._composed.get(key)
+        if cached is not None:
+            return cached
         first = layout.segments[0] if len(layout.segments) == 1 else None
         if isinstance(first, str) and layout.inner == 1:
             sel = self._group_selection(first, cfg[first], picks.get(first, 0))
@@ -236,7 +288,7 @@ class Supernet(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> Supernet:
         """After .to(device) / .cuda(), re-place the index tensors beside the weights."""
         super()._apply(fn, recurse)
-        if hasattr(self, "_dynamic"):
+        if hasattr(self, "_layer_slices"):
             self._composed.clear()
             self.activate(self._config, self._choice)
         return self
@@ -258,40 +310,91 @@ class Supernet(nn.Module):
         if config is None:  # the active widths, and the active assignment unless one is given
             config, choice = self._config, self._choice if choice is None else choice
         with self.activate(config, choice):
-            memo: dict[int, Any] = {}
-            shapes = {}
-            for name, dyn in self._dynamic.items():
-                memo[id(dyn)] = dyn.materialize().train(dyn.training)
-                shapes[name] = dyn.shape_spec()
-            for name, param in self._params.items():
-                memo[id(param.full)] = param.materialize()
-                shapes[name] = param.shape_spec()
-            plain = unslice(copy.deepcopy(self.model, memo))
-            spec = dict(getattr(self.model, "widthsearch_spec", {}) or {})
-            spec.update(width_config=self._config.to_dict(), choice=dict(self._choice),
-                        shapes=shapes)
+            plain = copy.deepcopy(self.model)
+            active = {"width_config": self._config.to_dict(), "choice": dict(self._choice)}
+        shapes = {name: materialize(m) for name, m in list(sliced_modules(plain))}
+        spec = dict(getattr(self.model, "widthsearch_spec", {}) or {})
+        spec.update(active, shapes=shapes)
         plain.widthsearch_spec = spec
         return plain
 
     # -- verification --------------------------------------------------------------------------
     def _verify(self, example_input: torch.Tensor) -> None:
-        """Invariant: every group runs at every width; groups that cannot are fixed, named."""
+        """Invariants 3 and 7: every group runs when slimmed, and a slimmed subnet computes
+        what its export computes; groups that do not are fixed and named in one warning."""
         failing = self._failing_groups(example_input)
+        reasons = {k: f"does not run when slimmed: {v}" for k, v in failing.items()}
+        unfaithful = self._unfaithful_groups(example_input, exclude=set(failing))
+        failing.update(unfaithful)
+        reasons.update(unfaithful)
         if not failing:
             return
-        groups = tuple(
-            replace(g, choices=(g.size,), fixed=f"does not run when slimmed: {failing[g.name]}")
-            if g.name in failing else g
-            for g in self.space.groups
-        )
-        self.space = WidthSpace(groups)
-        self._config = self.space.max()
-        self.activate(self._config)
+        self._fix(reasons)
         warnings.warn(
-            "these groups fail to run when slimmed and stay at full width: "
+            "these groups fail to run when slimmed, or compute differently from their export, "
+            "and stay at full width: "
             + "; ".join(f"{k} ({v})" for k, v in failing.items()),
             stacklevel=3,
         )
+
+    def _fix(self, reasons: Mapping[str, str]) -> None:
+        groups = tuple(replace(g, choices=(g.size,), fixed=reasons[g.name])
+                       if g.name in reasons else g for g in self.space.groups)
+        self.space = WidthSpace(groups)
+        self._config = self.space.max()
+        self.activate(self._config)
+
+    def _unfaithful_groups(self, example_input: torch.Tensor, exclude: set[str],
+                           rounds: int = 3) -> dict[str, str]:
+        """Groups through a layer whose own forward does not follow its sliced tensors: the
+        supernet at a random subnet differs from the export of that subnet there."""
+        found: dict[str, str] = {}
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(rounds):
+            space = self.space
+            if found or exclude:
+                space = WidthSpace(tuple(replace(g, choices=(g.size,), fixed="checked")
+                                         if g.name in found or g.name in exclude else g
+                                         for g in space.groups))
+            probes = [space.min(), space.sample(generator)]
+            layer = None
+            for cfg in probes:
+                choice = self.sample_choice(cfg, generator)
+                layer = self._first_unfaithful(cfg, choice, example_input)
+                if layer is not None:
+                    break
+            if layer is None:
+                return found
+            binding = self.graph.bindings.get(layer)
+            names = set()
+            if binding is not None:
+                names = set(_leaf_groups(binding.in_layout.segments)) | \
+                    set(_leaf_groups(binding.out_layout.segments))
+            names = {n for n in names if self.space[n].slimmable} - set(found) - exclude
+            if not names:
+                raise WidthSearchError(
+                    f"the supernet differs from its export at {layer!r}, and no group there "
+                    "can be fixed to avoid it")
+            for n in names:
+                found[n] = f"{layer} ({original_class(self.model.get_submodule(layer)).__name__}) " \
+                           "computes differently on sliced tensors than its export"
+        raise WidthSearchError(f"the supernet differs from its exports at {sorted(found)}")
+
+    def _first_unfaithful(self, cfg: WidthConfig, choice: dict[str, int],
+                          x: torch.Tensor) -> str | None:
+        """The first module whose output at (cfg, choice) differs from the export's, or None."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad(), self.activate(cfg, choice):
+                got = _fingerprints(self.model, x)
+                plain = self.export(cfg, choice).eval()
+                want = _fingerprints(plain, x)
+        finally:
+            self.train(was_training)
+        if _close(got.output, want.output):
+            return None
+        return got.first_difference(want) or "the model output"
 
     def _failing_groups(self, example_input: torch.Tensor) -> dict[str, str]:
         was_training = self.training
@@ -409,3 +512,152 @@ def macs_of(module: nn.Module, example_input: torch.Tensor) -> int:
     with torch.no_grad(), counted_attention(), counter:
         module(example_input[:1])
     return math.ceil(counter.get_total_flops() / 2)
+
+
+class _LRU(OrderedDict):
+    """A bounded cache: the least recently used entry goes once `size` are held."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        if size < 1:
+            raise WidthSearchError(f"cache_size must be >= 1, got {size}")
+        self.size = size
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if key not in self:
+            return default
+        self.move_to_end(key)
+        return self[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        if len(self) > self.size:
+            self.popitem(last=False)
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _tensors(o)]
+    return []
+
+
+def _close(a: Any, b: Any, rtol: float = 1e-5) -> bool:
+    """Outputs equal to `rtol` relative to the reference's largest magnitude."""
+    ta, tb = _tensors(a), _tensors(b)
+    if len(ta) != len(tb):
+        return False
+    for x, y in zip(ta, tb, strict=True):
+        if x.shape != y.shape:
+            return False
+        if x.numel() and not x.is_floating_point():
+            if not torch.equal(x, y):
+                return False
+        elif x.numel():
+            scale = float(x.detach().abs().max())
+            if float((x - y).detach().abs().max()) > rtol * max(scale, 1e-12) + 1e-7:
+                return False
+    return True
+
+
+class _Fingerprints:
+    """Every module's output in call order, kept small (shape, sum, sum of magnitudes), and
+    the model's output: enough to name the first module where two runs part."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[int, ...], float, float]] = []
+        self.output: Any = None
+
+    def first_difference(self, other: _Fingerprints, rtol: float = 1e-4) -> str | None:
+        for (name, shape, s, a), (_, shape2, s2, a2) in zip(self.calls, other.calls,
+                                                             strict=False):
+            if shape != shape2 or abs(s - s2) > rtol * max(a, a2, 1e-12) or \
+                    abs(a - a2) > rtol * max(a, a2, 1e-12):
+                return name
+        return None
+
+
+def _fingerprints(model: nn.Module, x: torch.Tensor) -> _Fingerprints:
+    record = _Fingerprints()
+
+    def hook(name: str) -> Any:
+        def fn(module: nn.Module, inputs: Any, out: Any) -> None:
+            tensors = [t for t in _tensors(out) if t.is_floating_point()]
+            if tensors:
+                t = tensors[0].detach().double()
+                record.calls.append((name, tuple(t.shape), float(t.sum()), float(t.abs().sum())))
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        record.output = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return record
+
+
+class _Reference:
+    """What the model computes before conversion (eval mode, and whether a training-mode
+    forward runs), to check the supernet against at full width (invariant 7)."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                self.eval = _fingerprints(model, x)
+        finally:
+            model.train(was_training)
+        self.training_error = _training_error(model, x)
+
+    def check(self, net: Supernet, x: torch.Tensor) -> None:
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                got = _fingerprints(net.model, x)
+        finally:
+            net.train(was_training)
+        if not _close(self.eval.output, got.output):
+            where = self.eval.first_difference(got) or "the model output"
+            module = net.model.get_submodule(where) if where in dict(net.model.named_modules()) \
+                else None
+            what = f"{where} ({original_class(module).__name__})" if module is not None \
+                else where
+            raise WidthSearchError(
+                f"the supernet at full width does not compute the model's output: it first "
+                f"differs at {what}. A layer rule or layer spec does not fit this layer; "
+                "register one (docs/rules.md)")
+        if self.training_error is None:
+            error = _training_error(net.model, x)
+            if error is not None:
+                raise WidthSearchError(
+                    f"the model runs in training mode but the supernet does not: {error}")
+
+
+def _training_error(model: nn.Module, x: torch.Tensor) -> str | None:
+    """Run one training-mode forward (batch of at least 2) leaving no trace: buffers, modes
+    and the random number generators are restored. Returns the error, if any."""
+    batch = x if x.shape[0] > 1 else x.repeat(2, *(1,) * (x.dim() - 1))
+    buffers = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()
+               if not isinstance(v, nn.Parameter)}
+    modes = {m: m.training for m in model.modules()}
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model.train()
+            model(batch)
+    except Exception as err:  # the construct that fails is what the message reports
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        with torch.no_grad():
+            current = model.state_dict(keep_vars=True)
+            for k, v in buffers.items():
+                current[k].copy_(v)
+    return None

@@ -329,7 +329,7 @@ def _finish(b: _Builder, model: nn.Module) -> ChannelGraph:
         msgs.append(
             f"widthsearch has no channel rule for: {listed}; the channels they touch stay at "
             f"full width (groups: {', '.join(fixed_groups) or 'none'}). Register a rule with "
-            "widthsearch.graph.register_rule to slim them."
+            "widthsearch.discovery.register_rule to slim them."
         )
         warnings.warn(msgs[-1], stacklevel=3)
     params_total = sum(p.numel() for p in model.parameters())

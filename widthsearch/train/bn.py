@@ -17,7 +17,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..dynamic import DynamicModule
 from ..errors import WidthSearchError
 
 if TYPE_CHECKING:
@@ -47,13 +46,10 @@ def _device(net: nn.Module) -> torch.device:
 def bn_modules(net: nn.Module) -> Iterator[tuple[str, nn.Module, nn.Module]]:
     """(name, module holding the buffers, module holding momentum) for every batch norm.
 
-    A dynamic BN shares its buffers with its template (kept outside the module tree), and
-    its forward reads the template's momentum and eps.
+    A sliced BN keeps its own class (dynamic.py), so both are the module itself.
     """
     for name, module in unwrap(net).named_modules():
-        if isinstance(module, DynamicModule) and module.kind == "batchnorm":
-            yield name, module, module.template
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
             yield name, module, module
 
 
@@ -62,7 +58,7 @@ def bn_state(net: nn.Module) -> dict[str, torch.Tensor]:
     state = {}
     for name, module, _ in bn_modules(net):
         for buf in _BUFFERS:
-            value = getattr(module, buf, None)
+            value = module._buffers.get(buf)  # full size: the attribute is the active slice
             if value is not None:
                 state[f"{name}.{buf}"] = value.detach().clone()
     return state
@@ -74,7 +70,7 @@ def load_bn_state(net: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, module, _ in bn_modules(net):
             for buf in _BUFFERS:
-                value = getattr(module, buf, None)
+                value = module._buffers.get(buf)  # full size: the attribute is the active slice
                 if value is None:
                     continue
                 key = f"{name}.{buf}"

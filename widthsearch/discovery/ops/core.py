@@ -34,14 +34,15 @@ from ..rules import (
 )
 
 
-@register_rule(nn.Conv2d)
-def conv2d_rule(ctx: RuleContext) -> Layout | None:
+@register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def conv_rule(ctx: RuleContext) -> Layout | None:
+    """Convolutions of 1, 2 or 3 spatial dims (channels on axis 1)."""
     conv: nn.Conv2d = ctx.module  # type: ignore[assignment]
     x = _channel_input(ctx)
     out_shape = ctx.out_shape
     assert out_shape is not None
-    positions = out_shape[2] * out_shape[3]
-    kernel = conv.kernel_size[0] * conv.kernel_size[1]
+    positions = math.prod(out_shape[2:])
+    kernel = math.prod(conv.kernel_size)
     b = ctx.builder
     lay = x.layout if x.layout is not None else _constant_input(ctx, x, 1)
     if lay.dim != 1 or lay.inner != 1 or lay.by is not None:
@@ -471,3 +472,5 @@ def softmax_rule(ctx: RuleContext) -> Layout | None:
 
 _SPLIT_AWARE.update({reshape_rule, permute_rule, transpose_rule, passthrough_rule, expand_rule,
                      shape_query_rule})
+
+conv2d_rule = conv_rule  # the name this rule had when it covered Conv2d alone
