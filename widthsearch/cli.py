@@ -243,7 +243,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help='a zoo name (resnet20, ...) or "torchvision:<name>"')
+    p.add_argument("model", help='a zoo name (resnet20, ...), "torchvision:<name>", or a run '
+                                 "directory (shows where its supernet was trained)")
+    p.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE",
+                   help="with a run directory: mark this budget on the trained-cost plot")
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
                    help="example input (default: the model's own)")
     p.add_argument("--num-classes", type=int, help="classifier outputs (default: the model's)")
@@ -259,6 +262,8 @@ def _inspect_arguments(p: argparse.ArgumentParser) -> None:
 @command("inspect", "Show a model's channel groups, their allowed widths and its cost range.",
          _inspect_arguments)
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if Path(args.model).is_dir():
+        return _inspect_run(Path(args.model), args.budget)
     import torch
 
     from . import models
@@ -319,6 +324,45 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     console.print(costs)
     for w in caught:
         _err(f"warning: {w.message}")
+    return 0
+
+
+def _inspect_run(run_dir: Path, extra_budgets: Sequence[str]) -> int:
+    """Where a trained run's widths went: per-epoch quantiles of their cost, the share inside
+    each budget's 0.8-1.0 window, and RUN_DIR/trained_costs.png with the budgets marked."""
+    import numpy as np
+
+    from .runs import RunDir
+    from .search.budgets import parse_budget
+    from .train.costs import plot_trained_costs, share_in_window
+
+    run = RunDir.open(run_dir)
+    records = [r for r in run.metrics.read() if r.get("kind") == "trained_costs"]
+    if not records:
+        raise WidthSearchError(
+            f"{run_dir} records no trained widths yet (costs are recorded at the end of each "
+            "epoch)")
+    metric = records[0]["metric"]
+    specs = list((run.read_config().get("train") or {}).get("budgets") or []) + list(extra_budgets)
+    budgets = []
+    for spec in specs:
+        b = parse_budget(spec)
+        if b.metric == metric:
+            budgets.append((b.spec, b.fraction if b.fraction is not None
+                            else b.value / float(records[-1]["full"])))
+    table = Table(title=f"Widths trained in {run_dir} ({metric} / full model)")
+    for col in ("epoch", "widths", "1%", "median", "99%", *(s for s, _ in budgets)):
+        table.add_column(col, justify="right")
+    for r in records:
+        counts = np.asarray(r["counts"], dtype=np.float64)
+        cum = np.cumsum(counts) / max(counts.sum(), 1.0)
+        q = [(np.searchsorted(cum, p) + 0.5) / len(counts) for p in (0.01, 0.5, 0.99)]
+        shares = [share_in_window([r], metric, 0.8 * ratio, ratio) for _, ratio in budgets]
+        table.add_row(str(r.get("epoch")), str(int(counts.sum())), *(f"{v:.3f}" for v in q),
+                      *(f"{100 * (v or 0.0):.1f}%" for v in shares))
+    Console().print(table)
+    out = plot_trained_costs(records, run.path / "trained_costs.png", budgets)
+    print(f"wrote {out}")
     return 0
 
 

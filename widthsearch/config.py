@@ -144,6 +144,27 @@ class TrainConfig(_Section):
     eval_max_batches: int | None = Field(None, ge=1)
     log_every_steps: int = Field(10, ge=1)
     threads: int | None = Field(None, ge=1)
+    sampler: Literal["widths", "cost-uniform", "budgets"] = "widths"
+    sampler_metric: str = "macs"
+    budgets: list[str] = Field(default_factory=list)
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, value: list[str]) -> list[str]:
+        from .search.budgets import parse_budget
+
+        for text in value:
+            try:
+                parse_budget(text)
+            except WidthSearchError as err:
+                raise ValueError(str(err)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _sampler_budgets(self) -> TrainConfig:
+        if self.sampler == "budgets" and not self.budgets:
+            raise ValueError("sampler=budgets needs train.budgets, e.g. [macs=10%, macs=25%]")
+        return self
 
     @field_validator("device")
     @classmethod

@@ -11,6 +11,8 @@ chosen.json and front.png in the run's search/ folder.
 
 from __future__ import annotations
 
+import warnings
+
 import inspect
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,8 +119,19 @@ def search_widths(
     space = net.space if align is None else net.space.aligned(align)
     searcher = make_searcher(method, space, net.cost_model, evaluator, budgets, seed=seed,
                              state_dir=out_dir, progress=progress, **options)
+    if isinstance(run_or_net, (str, Path)):
+        _warn_untrained(loaded.run, searcher.targets)
     result = searcher.search(max_steps=max_steps, resume=resume)
     result.uniform = searcher.baseline([space.uniform(r) for r in uniform])
     if out_dir is not None and searcher.finished and writer_rank():
         write_outputs(result, out_dir)
     return result
+
+
+def _warn_untrained(run: Any, targets: Sequence[Any]) -> None:
+    """One line per budget the run's training never went near (train/costs.py)."""
+    from ..train.costs import untrained_budgets
+
+    records = [r for r in run.metrics.read() if r.get("kind") == "trained_costs"]
+    for line in untrained_budgets(records, targets):
+        warnings.warn(line, stacklevel=3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Any
 
 from rich.console import Console
@@ -61,10 +62,14 @@ def run(args: argparse.Namespace) -> int:
                                      ("val_batches", args.val_batches),
                                      ("max_choices", args.max_choices)) if v is not None}
     try:
-        result = search_widths(args.run_dir, args.budget, args.method, seed=args.seed,
-                               align=args.align, resume=not args.fresh,
-                               progress=not args.quiet, evaluator_options=ev_options,
-                               **options)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            result = search_widths(args.run_dir, args.budget, args.method, seed=args.seed,
+                                   align=args.align, resume=not args.fresh,
+                                   progress=not args.quiet, evaluator_options=ev_options,
+                                   **options)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"search interrupted; run the same command again to resume it from "
               f"{args.run_dir}/search/state-{args.method}.json", file=sys.stderr, flush=True)

@@ -30,6 +30,7 @@ from ..patterns import Bilateral, LocallyFree
 from ..space import WidthConfig, WidthSpace
 from .bn import bn_state, load_bn_state, unwrap
 from .distill import distill_loss
+from .samplers import PerGroupWidths, WidthSampler
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ReduceMean = Callable[[torch.Tensor], torch.Tensor]
@@ -84,6 +85,10 @@ class Strategy(abc.ABC):
         self.options: dict[str, Any] = {**self.defaults, **options}
         self._validate()
         self.last_config: WidthConfig | None = None
+        self.sampler: WidthSampler = PerGroupWidths()
+        """Where the random widths aim (train.sampler); the Trainer sets it."""
+        self.trained: list[WidthConfig] = []
+        """Every width config trained since the caller last cleared it (for cost records)."""
 
     def _validate(self) -> None:  # noqa: B027  (optional hook: a strategy without options)
         """Check `self.options` and copy them into attributes."""
@@ -160,6 +165,7 @@ class Strategy(abc.ABC):
         still the label loss of the same logits (comparable across widths and strategies).
         """
         supernet.activate(config, choice)
+        self.trained.append(supernet.config)
         logits = net(x)
         label_loss = loss_fn(logits, y)
         trained = label_loss if teacher is None else distill_loss(logits, teacher, temperature)
@@ -167,14 +173,20 @@ class Strategy(abc.ABC):
         return label_loss.detach(), logits.detach()
 
 
+    def _sample(self, space: WidthSpace, generator: torch.Generator) -> WidthConfig:
+        """A random config: one ratio for all groups (`uniform`), or the sampler's draw."""
+        return _sample(space, generator, self.uniform, self.min_ratio, self.sampler)
+
+
 def _sample(space: WidthSpace, generator: torch.Generator, same_ratio: bool,
-            min_ratio: float | None) -> WidthConfig:
-    """A random config: one ratio for all groups, or each group's width drawn on its own."""
+            min_ratio: float | None, sampler: WidthSampler | None = None) -> WidthConfig:
+    """A random config: one ratio for all groups, or each group's width drawn on its own;
+    `sampler` (per-group widths by default) says where either aims."""
+    sampler = sampler or PerGroupWidths()
     if not same_ratio:
-        return space.sample(generator)
+        return sampler.sample(space, generator)
     low = _smallest_ratio(space) if min_ratio is None else min_ratio
-    u = float(torch.rand((), generator=generator, dtype=torch.float64))
-    return space.uniform(low + (1.0 - low) * u)
+    return sampler.sample_uniform(space, generator, low)
 
 
 def _smallest_ratio(space: WidthSpace) -> float:
@@ -209,7 +221,7 @@ class Sandwich(Strategy):
         loss_min, _ = self._train(net, supernet, space.min(), None, x, y, loss_fn, **opts)
         randoms = []
         for _ in range(self.n):
-            cfg = _sample(space, generator, self.uniform, self.min_ratio)
+            cfg = self._sample(space, generator)
             randoms.append(self._train(net, supernet, cfg, None, x, y, loss_fn, **opts)[0])
             self.last_config = cfg
         metrics = {"loss": float(loss_max), "loss_min": float(loss_min)}
@@ -232,7 +244,7 @@ class SinglePath(Strategy):
         self.random_choice = _check_bool("random_choice", self.options["random_choice"])
 
     def _step(self, net, supernet, x, y, loss_fn, generator, reduce_mean):  # type: ignore[no-untyped-def]
-        cfg = _sample(supernet.space, generator, self.uniform, self.min_ratio)
+        cfg = self._sample(supernet.space, generator)
         choice = supernet.sample_choice(cfg, generator) if self.random_choice else None
         loss, _ = self._train(net, supernet, cfg, choice, x, y, loss_fn)
         self.last_config = cfg
@@ -308,7 +320,7 @@ class CafeNet(Strategy):
                 teacher = net(x)
         teacher = teacher if self.distill else None
 
-        cfg = _sample(space, generator, self.uniform, self.min_ratio)
+        cfg = self._sample(space, generator)
         candidates: list[dict[str, int]] = [{}]
         for _ in range(self.K - 1):  # always K-1 draws: the generator advances the same way
             pick = {k: v for k, v in supernet.sample_choice(cfg, generator).items() if v}
@@ -414,7 +426,7 @@ class BCNet(Strategy):
             cfg, self.pending = space.validate(self.pending), None
         else:
             pairs = self._pair_space(space)
-            cfg = space.validate(_sample(pairs, generator, self.uniform, self.min_ratio))
+            cfg = space.validate(self._sample(pairs, generator))
             self.pending = complementary(pairs, cfg)
         opts = {"teacher": teacher, "weight": 0.5, "temperature": self.temperature}
         left, _ = self._train(net, supernet, cfg, 0, x, y, loss_fn, **opts)

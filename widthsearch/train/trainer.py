@@ -56,6 +56,7 @@ from ..runs import RunDir, capture_rng_state, restore_rng_state
 from ..seeds import SEED_STEP, derive_seed
 from ..space import WidthConfig
 from ..supernet import Supernet
+from .costs import TrainedCosts
 from .distributed import (
     DistInfo,
     all_reduce_mean,
@@ -65,6 +66,7 @@ from .distributed import (
     broadcast_module,
     init_distributed,
 )
+from .samplers import build_sampler
 from .strategies import build_strategy, identity
 
 __all__ = [
@@ -306,6 +308,10 @@ class Trainer:
         self._evaluator: Evaluator | None = None
         self.strategy = build_strategy(cfg.strategy.name, **cfg.strategy.options)
         self.strategy.check(self.net)
+        self.strategy.sampler = build_sampler(cfg.train.sampler, self.net.cost_model,
+                                              self.net.space, budgets=cfg.train.budgets,
+                                              metric=cfg.train.sampler_metric)
+        self.trained_costs = TrainedCosts(self.net.cost_model, cfg.train.sampler_metric)
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.net, cfg)
         self.steps_per_epoch = len(self.data.train)
@@ -411,6 +417,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "strategy": self.strategy.state_dict(),
+            "trained_costs": self.trained_costs.state_dict(),
             "scaler": self.precision.state_dict(),
             "train_loader": self.data.train.state_dict(),
             "rng": capture_rng_state(),
@@ -432,6 +439,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.strategy.load_state_dict(state["strategy"])
+        self.trained_costs.load_state_dict(state.get("trained_costs"))
         self.precision.load_state_dict(state.get("scaler"))
         self.data.train.load_state_dict(state["train_loader"])
         self.step = int(state["step"])
@@ -520,6 +528,8 @@ class Trainer:
         with self.precision.autocast():
             metrics = self.strategy.step(self.net, x, y, loss_fn=self.loss_fn,
                                          generator=generator, reduce_mean=self.reduce_mean)
+        self.trained_costs.add(self.strategy.trained)
+        self.strategy.trained.clear()
         if not math.isfinite(metrics["loss"]):
             raise WidthSearchError(
                 f"training diverged at step {self.step} (loss {metrics['loss']}); lower "
@@ -555,10 +565,13 @@ class Trainer:
         barrier()
         if self.step >= self.total_steps:
             self.finished = True
+        trained_costs = self.trained_costs.flush()
         if self.run is not None and self.dist.is_main:
             self.run.metrics.log(kind="epoch", step=self.step, epoch=self.epoch,
                                  train_loss=epoch_loss, lr=self._lr(),
                                  eval_seconds=time.perf_counter() - started, val=self.val)
+            self.run.metrics.log(kind="trained_costs", step=self.step, epoch=self.epoch,
+                                 **trained_costs)
         if self._tb is not None:
             for label, m in self.val.items():
                 self._tb.add_scalar(f"val/{label}_accuracy", m["accuracy"], self.step)
