@@ -56,14 +56,9 @@ QUIET_HOUR_UTC = 16
 """From this hour the shared machine is quieter: two intra-op threads instead of one."""
 
 
-def threads_now() -> int:
-    return 2 if dt.datetime.now(dt.UTC).hour >= QUIET_HOUR_UTC else 1
-
-
-def _set_threads() -> int:
-    n = threads_now()
-    torch.set_num_threads(n)
-    return n
+def threads_now(limit: int = 2) -> int:
+    """One intra-op thread while the machine is busy, up to `limit` from QUIET_HOUR_UTC."""
+    return min(limit, 2) if dt.datetime.now(dt.UTC).hour >= QUIET_HOUR_UTC else 1
 
 
 class Bench:
@@ -87,6 +82,14 @@ class Bench:
         self.results.setdefault("retrain", {})
 
     # -- bookkeeping ----------------------------------------------------------------------
+    def threads(self) -> int:
+        return threads_now(self.args.max_threads)
+
+    def set_threads(self) -> int:
+        n = self.threads()
+        torch.set_num_threads(n)
+        return n
+
     def log(self, text: str) -> None:
         stamp = dt.datetime.now(dt.UTC).strftime("%H:%M:%S")
         self.console.print(f"[{stamp}] {text}")
@@ -94,7 +97,7 @@ class Bench:
     def timed(self, key: str, fn: Callable[[], Any]) -> Any:
         """Run a stage; its wall time is kept from the first run that did the work (a
         resumed stage that only reads back finished work does not overwrite it)."""
-        threads = _set_threads()
+        threads = self.set_threads()
         start = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - start
@@ -116,7 +119,7 @@ class Bench:
     def run_config(self, strategy: str) -> dict[str, Any]:
         a = self.args
         pattern, options = STRATEGIES[strategy]
-        train: dict[str, Any] = {"seed": 0, "device": "cpu", "threads": threads_now(),
+        train: dict[str, Any] = {"seed": 0, "device": "cpu", "threads": self.threads(),
                                  "eval_recal_batches": a.recal_batches,
                                  "checkpoint_every_steps": 50, "log_every_steps": 20}
         if a.sampler is not None:
@@ -149,7 +152,7 @@ class Bench:
     def recipe(self, seed: int) -> list[str]:
         a = self.args
         return [f"optim.epochs={a.retrain_epochs}", f"data.subset={a.retrain_subset}",
-                f"train.seed={seed}", f"train.threads={threads_now()}",
+                f"train.seed={seed}", f"train.threads={self.threads()}",
                 "train.checkpoint_every_steps=0"]
 
     # -- stages ---------------------------------------------------------------------------
@@ -159,7 +162,7 @@ class Bench:
             return
         self.log(f"training the {strategy} supernet in {run}")
         if (run / "config.yaml").is_file():
-            trainer = Trainer.resume(run, overrides=[f"train.threads={threads_now()}"],
+            trainer = Trainer.resume(run, overrides=[f"train.threads={self.threads()}"],
                                      console=self.quiet, progress=False)
         else:
             config = load_config(self.run_config(strategy), self.supernet_overrides())
@@ -231,7 +234,7 @@ class Bench:
                                    sort_keys=True))
         self.log(f"retraining {key}")
         start = time.perf_counter()
-        _set_threads()
+        self.set_threads()
         result = finish(parent, "retrain", config_file=path,
                         name=f"{label}-{entry['budget']}-s{seed}", overrides=self.recipe(seed),
                         console=self.quiet, progress=False)
@@ -242,7 +245,7 @@ class Bench:
                "seconds": round(time.perf_counter() - start, 1)}
         self.results["retrain"][key] = row
         walls = self.results["wall_seconds"].setdefault(
-            f"retrain:{label}", {"seconds": 0.0, "threads": threads_now(), "runs": 0})
+            f"retrain:{label}", {"seconds": 0.0, "threads": self.threads(), "runs": 0})
         walls["seconds"] = round(walls["seconds"] + row["seconds"], 1)
         walls["runs"] += 1
         self.save()
@@ -250,18 +253,18 @@ class Bench:
 
     def fidelity(self) -> None:
         a = self.args
-        shared = self.run_dir(a.strategies[0])
+        shared = a.standalone_from or self.run_dir(a.strategies[0])
         out = self.results.setdefault("fidelity", {})
         for strategy in a.strategies:
             if strategy in out and out[strategy].get("samples") == a.fidelity_samples:
                 continue
             self.log(f"fidelity of the {strategy} supernet: {a.fidelity_samples} widths at "
                      f"macs={a.fidelity_budget}%")
-            _set_threads()
+            self.set_threads()
             res = fidelity(self.run_dir(strategy), a.fidelity_samples,
                            budget=f"macs={a.fidelity_budget}%", epochs=a.fidelity_epochs,
                            overrides=[f"data.subset={a.fidelity_subset}",
-                                      f"train.threads={threads_now()}",
+                                      f"train.threads={self.threads()}",
                                       "train.checkpoint_every_steps=0"],
                            standalone_run=shared, console=self.quiet, progress=False,
                            evaluator_options=self.evaluator_options())
@@ -394,6 +397,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="train.sampler of the supernets (widths | cost-uniform | budgets)")
     p.add_argument("--sampler-budgets", nargs="+", type=int, default=[10, 25])
     p.add_argument("--skip-fidelity", action="store_true")
+    p.add_argument("--standalone-from", type=Path, default=None,
+                   help="train the fidelity stand-alone runs under this run (same model, data "
+                        "and optimizer) to share them between benchmark runs")
+    p.add_argument("--max-threads", type=int, default=2,
+                   help="intra-op threads from 16:00 UTC on (1 before)")
     p.add_argument("--fresh", action="store_true", help="start a new results file")
     args = p.parse_args(argv)
     if args.sampler is not None and "sampler" not in TrainConfig.model_fields:
