@@ -146,3 +146,11 @@ def test_cli(parent: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "out of range" in capsys.readouterr().err
     assert main(["retrain", "--help"]) == 0
     assert "examples:" in capsys.readouterr().out
+
+
+def test_finishing_trains_its_one_width_without_the_parents_sampler() -> None:
+    from widthsearch.config import load_config
+
+    parent = load_config({"train": {"sampler": "budgets", "budgets": ["macs=10%"]}})
+    config = FIN.finishing_config(parent, "retrain", [])
+    assert config.train.sampler == "widths" and config.train.budgets == []

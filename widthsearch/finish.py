@@ -160,7 +160,9 @@ def finishing_config(parent: RunConfig, mode: Mode, overrides: Sequence[str]) ->
     data = parent.to_dict()
     data["supernet"] = {**data["supernet"], "pattern": "leftmost", "bins": False}
     data["strategy"] = {"name": "single-path", "options": {}}
-    data["train"] = {**data["train"], "eval_recal_batches": 0}
+    # one width: nothing to sample, and the parent's budgets may lie outside its one cost
+    data["train"] = {**data["train"], "eval_recal_batches": 0, "sampler": "widths",
+                     "budgets": []}
     if mode == "finetune":
         data["optim"] = {**data["optim"], "lr": parent.optim.lr * FINETUNE_LR_FACTOR,
                          "warmup_epochs": 0.0}
