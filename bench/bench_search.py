@@ -226,7 +226,7 @@ class Bench:
         done = self.results["retrain"].get(key)
         if done is not None:
             return done
-        parent = self.run_dir(self.args.strategies[0])
+        parent = self.args.retrain_under or self.run_dir(self.args.strategies[0])
         folder = self.work / "widths"
         folder.mkdir(exist_ok=True)
         path = folder / f"{label}-{entry['budget']}.json"
@@ -316,7 +316,7 @@ def summarize(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
     walls = results.get("wall_seconds", {})
     methods = {}
     for label in dict.fromkeys(r["method"] for r in rows):
-        strategy, _, method = label.partition("-")
+        strategy, _, method = label.rpartition("-")
         parts = ([f"retrain:{label}"] if label == "uniform" else
                  [f"supernet:{strategy}", f"search:{strategy}:{method}", f"retrain:{label}"])
         methods[label] = {"stages": parts, "seconds": round(sum(
@@ -400,6 +400,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--standalone-from", type=Path, default=None,
                    help="train the fidelity stand-alone runs under this run (same model, data "
                         "and optimizer) to share them between benchmark runs")
+    p.add_argument("--retrain-under", type=Path, default=None,
+                   help="the run whose retrain/ folder holds the retraining sub-runs (default: "
+                        "the first supernet's); benchmark runs sharing it reuse each other's "
+                        "uniform-multiplier runs")
     p.add_argument("--max-threads", type=int, default=2,
                    help="intra-op threads from 16:00 UTC on (1 before)")
     p.add_argument("--fresh", action="store_true", help="start a new results file")
@@ -412,12 +416,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     bench = Bench(args)
-    for strategy in args.strategies:
-        bench.timed(f"supernet:{strategy}", lambda s=strategy: bench.train_supernet(s))
+    names = {s: bench.run_dir(s).name for s in args.strategies}  # cafenet, cafenet-budgets
+    for strategy, name in names.items():
+        bench.timed(f"supernet:{name}", lambda s=strategy: bench.train_supernet(s))
     winners = {}
-    for strategy in args.strategies:
-        winners[strategy] = bench.timed(f"search:{strategy}:evolution",
-                                        lambda s=strategy: bench.search(s, "evolution"))
+    for strategy, name in names.items():
+        winners[name] = bench.timed(f"search:{name}:evolution",
+                                    lambda s=strategy: bench.search(s, "evolution"))
     uniform = bench.uniform_configs()
 
     def retrain_all(seed: int, methods: dict[str, list[dict[str, Any]]]) -> None:
@@ -427,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     if e["budget"] == b:
                         bench.retrain(label, e, seed)
 
-    methods = {"uniform": uniform, **{f"{s}-evolution": w for s, w in winners.items()}}
+    methods = {"uniform": uniform, **{f"{n}-evolution": w for n, w in winners.items()}}
     retrain_all(args.seeds[0], methods)
     if not args.skip_fidelity:
         bench.timed("fidelity", bench.fidelity)
@@ -435,9 +440,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         retrain_all(seed, methods)
     for method in args.extra_methods:
         extra = {}
-        for strategy in args.strategies:
-            extra[f"{strategy}-{method}"] = bench.timed(
-                f"search:{strategy}:{method}", lambda s=strategy, m=method: bench.search(s, m))
+        for strategy, name in names.items():
+            extra[f"{name}-{method}"] = bench.timed(
+                f"search:{name}:{method}", lambda s=strategy, m=method: bench.search(s, m))
         retrain_all(args.seeds[0], extra)
     bench.log(f"done: {args.out}")
 
