@@ -73,6 +73,11 @@ def test_fidelity_pairs_each_width_with_its_own_standalone_run(
     assert (sub / "result.json").stat().st_mtime_ns == before
     with pytest.raises(WidthSearchError, match="other settings"):
         FID.fidelity(run, 4, budget="macs=50%", epochs=1, console=quiet(), progress=False)
+    # another recipe trains other sub-runs; the same recipe finds the same ones
+    recipe = ["optim.epochs=1"]
+    assert FID.subrun_name("t", recipe, 0) == FID.subrun_name("t", list(recipe), 0)
+    assert FID.subrun_name("t", recipe, 0) != FID.subrun_name("t", ["optim.epochs=2"], 0)
+    assert rows[0]["subrun"].endswith(FID.subrun_name("macs-50pct", recipe, 0))
 
 
 def test_tau_uses_the_planted_scores_of_each_width(run: Path,

@@ -11,15 +11,17 @@ module measures that order against the truth for N widths drawn near a budget
   then its VAL accuracy (the sub-run's own last validation); the TEST split stays unread.
 
 Kendall tau and Spearman rho between the two, a scatter plot and a JSON record go to
-RUN_DIR/fidelity/<tag>/. Every stand-alone run is a finishing sub-run (RUN_DIR/retrain/
-fidelity-<tag>-<i>), so running the command again reuses the finished ones and resumes
-an interrupted one; the sampled widths are stored first, so a resume trains the same ones.
+RUN_DIR/fidelity/<tag>/. Every stand-alone run is a finishing sub-run
+(RUN_DIR/retrain/fidelity-<tag>-<recipe digest>-<i>), so running the command again reuses
+the finished ones and resumes an interrupted one; the sampled widths are stored first, so a
+resume trains the same ones, and a changed recipe trains new runs.
 The stand-alone runs may be trained under another run (`standalone_run`) with the same
 model, data and optimizer: two supernets of one model then share one set of ground truths.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -83,6 +85,13 @@ def budget_tag(budget: str) -> str:
     """A folder name for a budget: "macs=25%" -> "macs-25pct"."""
     text = budget.strip().lower().replace("%", "pct").replace("=", "-")
     return re.sub(r"[^a-z0-9.\-]+", "_", text)
+
+
+def subrun_name(tag: str, recipe: Sequence[str], index: int) -> str:
+    """The stand-alone sub-run of width `index`: the recipe's digest is in the name, so a
+    run trained with another recipe is never reused for this one."""
+    digest = hashlib.sha1(json.dumps(list(recipe)).encode()).hexdigest()[:8]
+    return f"fidelity-{tag}-{digest}-{index:03d}"
 
 
 def _draw_widths(space: Any, cost_model: Any, budget: str, samples: int, low: float,
@@ -180,7 +189,7 @@ def fidelity(run_dir: str | Path, samples: int, *, budget: str = "macs=25%", low
         path = folder / "widths" / f"{i:03d}.json"
         if not path.is_file():
             atomic_write_text(path, json.dumps(config, indent=1, sort_keys=True))
-        sub = f"fidelity-{tag}-{i:03d}"
+        sub = subrun_name(tag, recipe, i)
         console.print(f"fidelity {tag}: stand-alone run {i + 1}/{len(configs)} ({sub})")
         result = finish(trainer_run.path, "retrain", config_file=path, name=sub,
                         overrides=recipe, console=console, progress=progress, test=False)
