@@ -170,3 +170,11 @@ def test_export_cuts_recalibrates_and_saves_without_training(parent: Path, tmp_p
     got_onnx = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     assert abs(got_onnx - expected).max() < 1e-4
     assert main(["export", str(parent), "--pick", "7"]) == 2  # one line, exit 2
+
+
+def test_finishing_trains_its_one_width_without_the_parents_sampler() -> None:
+    from widthsearch.config import load_config
+
+    parent = load_config({"train": {"sampler": "budgets", "budgets": ["macs=10%"]}})
+    config = FIN.finishing_config(parent, "retrain", [])
+    assert config.train.sampler == "widths" and config.train.budgets == []

@@ -560,6 +560,50 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return _finish(args, "retrain")
 
 
+# ------------------------------------------------------------------------------ fidelity
+
+
+def _fidelity_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained supernet run")
+    p.add_argument("--samples", type=int, required=True, metavar="N",
+                   help="widths drawn near the budget, each trained stand-alone")
+    p.add_argument("--budget", default="macs=25%", metavar="METRIC=VALUE",
+                   help="draw widths within --low..--high of this budget (default: macs=25%%)")
+    p.add_argument("--low", type=float, default=0.8, help="window start, share of the budget")
+    p.add_argument("--high", type=float, default=1.0, help="window end, share of the budget")
+    p.add_argument("--epochs", type=int, help="stand-alone training epochs (default: the run's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the widths drawn and scored")
+    p.add_argument("--name", help="output folder under RUN_DIR/fidelity (default: the budget)")
+    p.add_argument("--standalone-from", type=Path, metavar="RUN_DIR2",
+                   help="train the stand-alone runs under this run (same model, data, optim) "
+                        "to share them between supernets")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+",
+                   action="extend", default=[],
+                   help="override the stand-alone recipe, e.g. data.subset=5000")
+    p.add_argument("--recal-batches", type=int, help="BN recalibration batches per config")
+    p.add_argument("--val-batches", type=int, help="val batches per config (default: all)")
+    p.add_argument("--max-choices", type=int, help="cafenet: assignments tried per config")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+@command("fidelity", "Kendall tau / Spearman between the supernet's val scores and stand-alone "
+         "short training of widths drawn near a budget; writes RUN_DIR/fidelity/.",
+         _fidelity_arguments)
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    from .fidelity import describe, fidelity
+
+    ev = {k: v for k, v in (("recal_batches", args.recal_batches),
+                            ("val_batches", args.val_batches),
+                            ("max_choices", args.max_choices)) if v is not None}
+    result = fidelity(args.run_dir, args.samples, budget=args.budget, low=args.low,
+                      high=args.high, seed=args.seed, epochs=args.epochs,
+                      overrides=args.overrides, standalone_run=args.standalone_from,
+                      name=args.name, evaluator_options=ev,
+                      progress=False if args.no_progress else None)
+    print(describe(result))
+    return 0
+
+
 def _compact(values: Sequence[int]) -> str:
     if len(values) <= 6:
         return ", ".join(map(str, values))

@@ -160,7 +160,9 @@ def finishing_config(parent: RunConfig, mode: Mode, overrides: Sequence[str]) ->
     data = parent.to_dict()
     data["supernet"] = {**data["supernet"], "pattern": "leftmost", "bins": False}
     data["strategy"] = {"name": "single-path", "options": {}}
-    data["train"] = {**data["train"], "eval_recal_batches": 0}
+    # one width: nothing to sample, and the parent's budgets may lie outside its one cost
+    data["train"] = {**data["train"], "eval_recal_batches": 0, "sampler": "widths",
+                     "budgets": []}
     if mode == "finetune":
         data["optim"] = {**data["optim"], "lr": parent.optim.lr * FINETUNE_LR_FACTOR,
                          "warmup_epochs": 0.0}
@@ -173,10 +175,12 @@ def finishing_config(parent: RunConfig, mode: Mode, overrides: Sequence[str]) ->
 def finish(run_dir: str | Path, mode: Mode, *, pick: int | None = None,
            config_file: str | Path | None = None, name: str | None = None,
            overrides: Sequence[str] = (), console: Console | None = None,
-           progress: bool | None = None) -> dict[str, Any]:
+           progress: bool | None = None, test: bool = True) -> dict[str, Any]:
     """Fine-tune or retrain a searched width of the run in `run_dir` (see the module
     docstring); running it again resumes an unfinished sub-run. Returns result.json ({} on
-    ranks other than 0, and when training stopped before its end)."""
+    ranks other than 0, and when training stopped before its end). `test=False` leaves the
+    TEST split unread (test_accuracy None): for stand-alone runs that feed a selection or a
+    ranking, which must see VAL only."""
     from .train.distributed import barrier
     from .train.trainer import Trainer
 
@@ -206,7 +210,7 @@ def finish(run_dir: str | Path, mode: Mode, *, pick: int | None = None,
     result: dict[str, Any] = {}
     if fit.finished and trainer.dist.is_main:
         model = builder.final_model(trainer.net).cpu().eval()
-        result = _report(model, trainer, target, mode, sub_path, fit.val)
+        result = _report(model, trainer, target, mode, sub_path, fit.val, test=test)
     barrier()
     return result
 
@@ -225,10 +229,12 @@ def _check_same_target(sub_path: Path, target: Target) -> None:
 
 
 def _report(model: nn.Module, trainer: Any, target: Target, mode: Mode, sub_path: Path,
-            val: dict[str, dict[str, float]]) -> dict[str, Any]:
+            val: dict[str, dict[str, float]], *, test: bool = True) -> dict[str, Any]:
     """Test accuracy (the only read of the test split), exports and result.json."""
-    test = build_run_data(trainer.config).test
-    accuracy, loss = _score(model, test)
+    accuracy: float | None = None
+    loss: float | None = None
+    if test:
+        accuracy, loss = _score(model, build_run_data(trainer.config).test)
     exports = sub_path / "exports"
     weights = save(model, exports / "model", metadata={"mode": mode, "source": target.source,
                                                        "test_accuracy": accuracy})
@@ -245,7 +251,8 @@ def _report(model: nn.Module, trainer: Any, target: Target, mode: Mode, sub_path
                     "sidecar": str(weights.with_suffix(".json").relative_to(sub_path)),
                     "onnx": str(onnx_path.relative_to(sub_path))},
     }
-    trainer.run.metrics.log(kind="test", step=trainer.step, accuracy=accuracy, loss=loss)
+    if test:
+        trainer.run.metrics.log(kind="test", step=trainer.step, accuracy=accuracy, loss=loss)
     atomic_write_text(sub_path / RESULT_FILE, json.dumps(result, indent=1, sort_keys=True))
     return result
 
