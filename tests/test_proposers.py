@@ -184,3 +184,15 @@ def test_state_round_trip_continues_identically(encoder: WidthEncoder) -> None:
     assert a.ask(2) == b.ask(2)
     with pytest.raises(WidthSearchError, match="proposer state"):
         RandomProposer(encoder, chain_macs, uniform=True).load_state_dict(saved)
+
+
+def test_a_missing_botorch_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from widthsearch.errors import require
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "botorch" else real(name, *a))
+    with pytest.raises(WidthSearchError, match=r"pip install 'widthsearch\[joslim\]'"):
+        require("botorch", "joslim", "Joslim's Bayesian optimization")

@@ -56,3 +56,11 @@ __all__ = [
     "ModelError", "NumericsError", "RunError", "RunLockedError", "UntrustedFileError",
     "WidthSearchError",
 ]
+
+
+def require(module: str, extra: str, what: str) -> None:
+    """A clear error, before any work, when an optional dependency is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise WidthSearchError(f"{what} needs {module}: pip install 'widthsearch[{extra}]'")

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from .errors import WidthSearchError
+from .errors import WidthSearchError, require
 from .runs import RunDir, atomic_write_text
 
 __all__ = ["FIDELITY_FILE", "FidelityResult", "fidelity", "rank_correlation"]
@@ -65,6 +65,7 @@ class FidelityResult:
 def rank_correlation(supernet: Sequence[float], standalone: Sequence[float]) -> dict[str, float]:
     """Kendall tau-b and Spearman rho (with p-values) of two paired score lists; NaN when
     one side is constant (no order to agree with)."""
+    require("scipy", "search", "ranking fidelity")
     from scipy.stats import kendalltau, spearmanr
 
     if len(supernet) != len(standalone):

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import WidthSearchError
+from ..errors import WidthSearchError, require
 from ..space import WidthConfig, WidthSpace
 
 log = logging.getLogger("widthsearch.joslim")
@@ -335,6 +335,7 @@ class JoslimProposer(WidthOptimizer):
                  rounds: int = 10, max_points: int = 200, pool: int = 2048,
                  warm_iters: int = 20, cold_iters: int = 150, seed: int = 0) -> None:
         super().__init__(encoder, cost_fn, seed)
+        require("botorch", "joslim", "Joslim's Bayesian optimization")
         if encoder.num_dims == 0:
             raise WidthSearchError("the width space has no group to search")
         self.prior_points, self.b, self.beta = int(prior_points), float(b), float(beta)
