@@ -674,7 +674,9 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
          "from whatever a run directory holds.", _report_arguments)
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
+    from .runs import RunDir
 
+    RunDir.open(args.run_dir)  # a folder that is no run is one clear error, not an empty report
     paths = write_report(args.run_dir, title=args.title)
     print(f"wrote {paths['html']} and {paths['markdown']}")
     return 0
