@@ -17,7 +17,6 @@ finished steps (a finished model's test accuracy is read back, never measured tw
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -33,6 +32,7 @@ from rich.table import Table
 
 from .errors import WidthSearchError
 from .report import QUICKSTART_FILE
+from .search.latency import cpu_model
 
 __all__ = ["BUDGETS", "SIZES", "QuickstartSize", "quickstart_config", "run_quickstart",
            "uniform_at"]
@@ -144,16 +144,6 @@ def measure_latency(model: torch.nn.Module, example: torch.Tensor, runs: int) ->
     return statistics.median(times)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 # ------------------------------------------------------------------------------ the flow
 
 
@@ -251,7 +241,7 @@ def run_quickstart(run_dir: Path = QUICKSTART_DIR, *, size: str = "default",
     record = {
         "size": size, "size_options": asdict(spec), "budgets": list(BUDGETS),
         "full_model": {"macs": float(full.macs), "params": float(full.params)},
-        "latency_device": f"{_cpu_name()}, torch {torch.__version__}, 1 thread, batch 1, "
+        "latency_device": f"{cpu_model()}, torch {torch.__version__}, 1 thread, batch 1, "
                           f"median of {spec.latency_runs}",
         "seeds": {"train.seed": loaded.config.train.seed,
                   "data.split_seed": loaded.config.data.split_seed, "search.seed": 0},

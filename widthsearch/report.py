@@ -20,6 +20,7 @@ inlined as base64 in report.html, so the HTML file can be mailed or archived alo
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
@@ -692,12 +693,10 @@ def _section_provenance(run: _Run) -> Section:
     section = Section("Provenance")
     versions = [["widthsearch", __version__], ["python", platform.python_version()],
                 ["torch", torch.__version__], ["numpy", numpy.__version__]]
-    try:
+    with contextlib.suppress(ImportError):  # torchvision is a dependency; report without it
         import torchvision
 
         versions.append(["torchvision", torchvision.__version__])
-    except ImportError:
-        pass
     versions.append(["machine", f"{platform.machine()} {platform.system()} "
                                 f"({platform.processor() or 'cpu'})"])
     section.table(["software", "version"], versions)
