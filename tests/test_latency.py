@@ -265,10 +265,24 @@ def test_cli_on_a_trained_run_directory(tmp_path_factory: pytest.TempPathFactory
     assert net.cost().latency > 0
 
 
-def test_search_prices_latency_budgets_with_a_table(tiny_table: LatencyTable, tmp_path) -> None:
+def _proportional(table: LatencyTable, tiny: ws.Supernet) -> LatencyTable:
+    """The measured table with every time set to in x out: on a model this small, timing
+    noise can put the smallest subnet within a few percent of the full one."""
+    data = table.to_json()
+    for entry in data["shapes"].values():
+        entry["times"] = [[i, o, 1e-6 * i * o] for i, o, _ in entry["times"]]
+    data["constant"], data["per_element"] = 0.0, 0.0
+    proportional = LatencyTable.from_json(data)
+    full = tiny.space.to_vector(tiny.space.max())[None].astype(float)
+    data["full_latency"] = float(proportional.predict(tiny.cost_model, full)[0])
+    return LatencyTable.from_json(data)
+
+
+def test_search_prices_latency_budgets_with_a_table(tiny: ws.Supernet, tiny_table: LatencyTable,
+                                                    tmp_path) -> None:
     """`search_widths(..., latency_table=path)` (`widthsearch search --latency-table`)."""
     net = ws.Supernet(Tiny(), torch.randn(1, 3, 6, 6), min_ratio=0.5, divisions=2)
-    path = tiny_table.save(tmp_path / "latency.json")
+    path = _proportional(tiny_table, tiny).save(tmp_path / "latency.json")
 
     class Scores:  # accuracy grows with the width: the search picks the widest within budget
         def evaluate(self, configs):
@@ -277,11 +291,11 @@ def test_search_prices_latency_budgets_with_a_table(tiny_table: LatencyTable, tm
             return [Score(net.space.validate(c), float(sum(c.values())), 0.0, {})
                     for c in configs]
 
-    result = ws.search_widths(net, ["latency=97%"], "random", evaluator=Scores(),
+    result = ws.search_widths(net, ["latency=80%"], "random", evaluator=Scores(),
                               latency_table=path, samples=8)
     (chosen,) = result.chosen
     limit = chosen.target.limits["latency"]
-    assert limit == pytest.approx(0.97 * net.cost_model.full.latency)
+    assert limit == pytest.approx(0.8 * net.cost_model.full.latency)
     assert chosen.record.costs["latency"] <= limit * (1 + 1e-9)
     with pytest.raises(WidthSearchError, match="latency"):
         ws.search_widths(ws.Supernet(Tiny(), torch.randn(1, 3, 6, 6), min_ratio=0.5,
