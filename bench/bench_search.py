@@ -14,7 +14,8 @@ resumes: finished supernets, searches and retraining sub-runs are reused):
    short recipe for all, seed by seed (seed 0 of everything first);
 4. ranking fidelity (`widthsearch.fidelity`) of every supernet on the same widths near a
    budget, the stand-alone runs trained once and shared;
-5. the remaining seeds; then NSGA-II and greedy winners with one seed.
+5. NSGA-II and greedy winners with one seed; then the remaining seeds (a run cut off
+   late still has every method).
 
 TEST accuracy is read once per retrained model, by the finishing sub-run, at its end;
 search and fidelity use VAL only. The report: per budget and method, the mean and spread
@@ -436,14 +437,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     retrain_all(args.seeds[0], methods)
     if not args.skip_fidelity:
         bench.timed("fidelity", bench.fidelity)
-    for seed in args.seeds[1:]:
-        retrain_all(seed, methods)
-    for method in args.extra_methods:
+    for method in args.extra_methods:  # one seed each, before the remaining seeds
         extra = {}
         for strategy, name in names.items():
             extra[f"{name}-{method}"] = bench.timed(
                 f"search:{name}:{method}", lambda s=strategy, m=method: bench.search(s, m))
         retrain_all(args.seeds[0], extra)
+    for seed in args.seeds[1:]:
+        retrain_all(seed, methods)
     bench.log(f"done: {args.out}")
 
 
