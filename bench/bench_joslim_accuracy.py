@@ -1,17 +1,25 @@
-"""A small accuracy comparison of joslim, slim and two-stage (one short run each).
+"""Joslim vs slim vs two-stage: the slimmable files against uniform models trained per budget.
 
     python bench/bench_joslim_accuracy.py --out bench/results/joslim-accuracy.json
 
-Zoo ResNet-20 on a Fashion-MNIST subset, the same epochs, seed and data for all three.
-Each run goes through `widthsearch train --set strategy.name=...` and `widthsearch
-slimmable RUN_DIR`; TEST accuracy is then read off each slimmable file at 25 / 50 / 75 /
-100% of the full MACs (the most accurate level within the budget; the test split is read
-here, once per level, after every choice was made on val), and the area under the
-test-accuracy-vs-MACs step curve over [25%, 100%] (mean accuracy over that range).
+Fashion-MNIST, zoo ResNet-20 and zoo MobileNetV2, the same data, epochs and seed for every
+run. Per model:
 
-This is a short-run smoke version of the issue's benchmark, sized for a shared CPU: tau and
-prior_points are scaled down so the Bayesian proposals start within the run. Its numbers
-say whether the pipeline works end to end, not how the methods compare after full training.
+1. one training run per strategy (`widthsearch train --set strategy.name=...`): slim,
+   two-stage, and joslim once per cost objective (MACs; peak memory), since Joslim's
+   proposals aim at that cost; slim and two-stage train without a cost and serve both;
+2. `widthsearch slimmable RUN_DIR --metric COST` per run and objective: the levels are
+   peeled, recalibrated and kept on VAL;
+3. the TEST split, once per level, after every choice was made on val: the accuracy of the
+   most accurate level (by val) within 25 / 50 / 75 / 100% of the full cost, and the area
+   under the test-accuracy-vs-cost step curve over [25%, 100%] (divided by 0.75: the mean
+   accuracy over that range);
+4. the reference: per objective and budget, the uniform multiplier with the most cost
+   within the budget, retrained from scratch (`finish(..., "retrain")`) with the same epochs,
+   data and seed; each joslim budget cell is compared with it (target: within 0.5 points).
+
+Each stage writes the results file as soon as it ends; running the command again resumes
+(finished stages are read back from the results file). Plots: one per model and objective.
 """
 
 from __future__ import annotations
@@ -22,86 +30,252 @@ import platform
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 import widthsearch as ws
 from widthsearch.build import load_supernet
 from widthsearch.cli import main as cli
+from widthsearch.finish import finish
 from widthsearch.search.pareto import area_under_curve
 from widthsearch.train.bn import evaluate
 
 BUDGETS = (0.25, 0.5, 0.75, 1.0)
+TOLERANCE = 0.5
+"""Points of test accuracy a joslim level may trail the uniform model at the same budget."""
 
 
-def run_one(name: str, args: argparse.Namespace) -> dict:
-    run = args.work / name
-    shutil.rmtree(run, ignore_errors=True)
-    options = [f"strategy.name={name}", f"strategy.options.tau={args.tau}"]
-    if name == "joslim":
-        options.append(f"strategy.options.prior_points={args.prior_points}")
-    sets = ["model.name=resnet20", f"data.subset={args.subset}", f"data.val_size={args.val}",
-            f"optim.epochs={args.epochs}", "train.threads=1", f"train.seed={args.seed}",
-            "supernet.pattern=leftmost", "train.eval_max_batches=2", *options]
-    start = time.perf_counter()
-    code = cli(["train", "--run-dir", str(run), "--no-progress", "--set", *sets])
-    if code != 0:
-        raise SystemExit(f"training {name} failed ({code})")
-    train_s = time.perf_counter() - start
-    code = cli(["slimmable", str(run), "--recal-batches", "10"])
-    if code != 0:
-        raise SystemExit(f"slimmable {name} failed ({code})")
-    slim = ws.load_slimmable(run / "slimmable.safetensors")
-    loaded = load_supernet(run)
-    full = slim.meta["full_costs"]["macs"]
-    tests = []
-    for i, lv in enumerate(slim.levels):  # the test split, once per level, choices made on val
-        slim.set_level(i)
-        m = evaluate(slim.net, lv.config, None, loaded.data.test)
-        tests.append(m["accuracy"])
-    at_budget = {}
-    for b in BUDGETS:
-        fits = [i for i, lv in enumerate(slim.levels) if lv.costs["macs"] <= b * full]
-        if fits:
-            best = max(fits, key=lambda i: slim.levels[i].val["accuracy"])
-            at_budget[f"{int(b * 100)}%"] = {"level": best, "test_accuracy": tests[best],
-                                             "macs_ratio": slim.levels[best].costs["macs"] / full}
-        else:
-            at_budget[f"{int(b * 100)}%"] = None
-    ratios = [lv.costs["macs"] / full for lv in slim.levels]
-    area = area_under_curve(ratios, tests, 0.25, 1.0) / 0.75
-    return {"strategy": name, "train_seconds": train_s, "levels": [
-        {"macs_ratio": r, "val_accuracy": lv.val["accuracy"], "test_accuracy": t}
-        for r, lv, t in zip(ratios, slim.levels, tests, strict=True)],
-        "at_budget": at_budget, "test_area_25_100": area}
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.results: dict[str, Any] = {}
+        if args.out.is_file() and not args.fresh:
+            self.results = json.loads(args.out.read_text())
+        self.results.update(command=command(args), settings=settings(args), machine={
+            "python": platform.python_version(), "torch": torch.__version__,
+            "threads": 1}, data="fashion-mnist")
+        self.results.setdefault("models", {})
+
+    def save(self) -> None:
+        self.args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.results, indent=1) + "\n")
+        tmp.replace(self.args.out)
+
+    def log(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    def recipe(self, model: str) -> list[str]:
+        a = self.args
+        return [f"model.name={model}", f"data.subset={a.subset}", f"data.val_size={a.val}",
+                f"optim.epochs={a.epochs}", "train.threads=1", f"train.seed={a.seed}",
+                "train.eval_max_batches=2", "train.checkpoint_every_steps=0"]
+
+    # -- stages ---------------------------------------------------------------------------
+    def train(self, model: str, run_name: str) -> dict[str, Any]:
+        """One strategy's training run (joslim-<cost> names Joslim's cost objective)."""
+        store = self.results["models"].setdefault(model, {}).setdefault("runs", {})
+        if run_name in store:
+            return store[run_name]
+        a = self.args
+        strategy = strategy_of(run_name)
+        options = [f"strategy.name={strategy}", "supernet.pattern=leftmost",
+                   f"strategy.options.tau={a.tau}"]  # one re-scoring schedule for all
+        if strategy == "joslim":
+            options += [f"strategy.options.prior_points={a.prior_points}",
+                        f"strategy.options.cost={run_name.split('-', 1)[1]}"]
+        run = self.work(model) / run_name
+        shutil.rmtree(run, ignore_errors=True)
+        self.log(f"{model}: training {run_name}")
+        start = time.perf_counter()
+        if cli(["train", "--run-dir", str(run), "--no-progress", "--set",
+                *self.recipe(model), *options]) != 0:
+            raise SystemExit(f"training {model}/{run_name} failed")
+        store[run_name] = {"seconds": round(time.perf_counter() - start, 1)}
+        self.save()
+        return store[run_name]
+
+    def slimmable(self, model: str, run_name: str, metric: str) -> dict[str, Any]:
+        key = f"{run_name}@{metric}"
+        store = self.results["models"][model].setdefault("slimmable", {})
+        if key in store:
+            return store[key]
+        run = self.work(model) / run_name
+        path = run / f"slimmable-{metric}.safetensors"
+        self.log(f"{model}: slimmable {key}")
+        start = time.perf_counter()
+        if cli(["slimmable", str(run), "--metric", metric, "--recal-batches",
+                str(self.args.recal_batches), "--out", str(path)]) != 0:
+            raise SystemExit(f"slimmable {model}/{key} failed")
+        build_s = time.perf_counter() - start
+        slim = ws.load_slimmable(path)
+        data = load_supernet(run).data
+        full = slim.meta["full_costs"][metric]
+        levels = []
+        for i, lv in enumerate(slim.levels):  # the test split, once per level
+            slim.set_level(i)
+            test = evaluate(slim.net, lv.config, None, data.test)["accuracy"]
+            levels.append({"ratio": lv.costs[metric] / full, "macs_ratio":
+                           lv.costs["macs"] / slim.meta["full_costs"]["macs"],
+                           "val_accuracy": lv.val["accuracy"], "test_accuracy": test})
+        at_budget: dict[str, Any] = {}
+        for b in BUDGETS:
+            fits = [lv for lv in levels if lv["ratio"] <= b + 1e-9]
+            best = max(fits, key=lambda lv: lv["val_accuracy"]) if fits else None
+            at_budget[pct(b)] = best
+        ratios, tests = [lv["ratio"] for lv in levels], [lv["test_accuracy"] for lv in levels]
+        store[key] = {"strategy": strategy_of(run_name),
+                      "metric": metric, "levels": levels, "at_budget": at_budget,
+                      "test_area_25_100": area_under_curve(ratios, tests, 0.25, 1.0) / 0.75,
+                      "build_seconds": round(build_s, 1)}
+        self.save()
+        return store[key]
+
+    def uniform(self, model: str, metric: str, parent: str) -> dict[str, Any]:
+        """Per budget, the uniform multiplier with the most `metric` within it, retrained."""
+        store = self.results["models"][model].setdefault("uniform", {}).setdefault(metric, {})
+        loaded = load_supernet(self.work(model) / parent)
+        net, space = loaded.net, loaded.net.space
+        full = getattr(net.cost(space.max()), metric)
+        by_config: dict[Any, float] = {}
+        for i in range(1, 1001):
+            cfg = space.uniform(i / 1000)
+            by_config.setdefault(cfg, getattr(net.cost(cfg), metric) / full)
+        for b in BUDGETS:
+            if pct(b) in store:
+                continue
+            inside = [(r, c) for c, r in by_config.items() if r <= b + 1e-9]
+            if not inside:
+                store[pct(b)] = None
+                self.save()
+                continue
+            ratio, cfg = max(inside, key=lambda t: t[0])
+            path = self.work(model) / f"uniform-{metric}-{pct(b)}.json"
+            path.write_text(json.dumps({"config": cfg.to_dict(), "choice": {}}))
+            self.log(f"{model}: retraining the uniform model at {metric}={pct(b)}")
+            start = time.perf_counter()
+            out = finish(self.work(model) / parent, "retrain", config_file=path,
+                         name=f"uniform-{metric}-{b:.2f}", overrides=self.recipe(model)[1:],
+                         progress=False)
+            store[pct(b)] = {"ratio": ratio, "macs_ratio": net.cost(cfg).macs /
+                             net.cost(space.max()).macs, "val_accuracy": out["val_accuracy"],
+                             "test_accuracy": out["test_accuracy"],
+                             "seconds": round(time.perf_counter() - start, 1)}
+            self.save()
+        return store
+
+    def work(self, model: str) -> Path:
+        return self.args.work / model
+
+
+def strategy_of(run_name: str) -> str:
+    return "joslim" if run_name.startswith("joslim-") else run_name
+
+
+def pct(b: float) -> str:
+    return f"{round(100 * b)}%"
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("models", "objectives", "subset", "val", "epochs", "tau", "prior_points", "seed",
+            "recal_batches")
+    return {k: getattr(args, k) for k in keys}
+
+
+def command(args: argparse.Namespace) -> str:
+    parts = []
+    for k, v in settings(args).items():
+        v = " ".join(map(str, v)) if isinstance(v, list) else v
+        parts.append(f"--{k.replace('_', '-')} {v}")
+    return "python bench/bench_joslim_accuracy.py " + " ".join(parts)
+
+
+def compare(model_results: dict[str, Any]) -> dict[str, Any]:
+    """Per objective: each strategy's area, and each joslim budget cell minus uniform."""
+    out: dict[str, Any] = {}
+    uniform = model_results.get("uniform", {})
+    for key, slim in model_results.get("slimmable", {}).items():
+        metric = slim["metric"]
+        row = out.setdefault(metric, {"area": {}, "joslim_vs_uniform": {}})
+        row["area"][slim["strategy"]] = slim["test_area_25_100"]
+        if slim["strategy"] != "joslim":
+            continue
+        for b, cell in slim["at_budget"].items():
+            ref = uniform.get(metric, {}).get(b)
+            if cell is None or ref is None:
+                continue
+            diff = 100 * (cell["test_accuracy"] - ref["test_accuracy"])
+            row["joslim_vs_uniform"][b] = {"points": round(diff, 2),
+                                           "met": diff >= -TOLERANCE}
+    for row in out.values():
+        area = row["area"]
+        if {"joslim", "slim", "two-stage"} <= set(area):
+            row["joslim_area_above_both"] = area["joslim"] > max(area["slim"], area["two-stage"])
+    return out
+
+
+def plot(model: str, metric: str, model_results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for slim in model_results["slimmable"].values():
+        if slim["metric"] != metric:
+            continue
+        levels = sorted(slim["levels"], key=lambda lv: lv["ratio"])
+        ax.step([100 * lv["ratio"] for lv in levels],
+                [100 * lv["test_accuracy"] for lv in levels], where="post", marker="o",
+                label=slim["strategy"])
+    ref = [(100 * v["ratio"], 100 * v["test_accuracy"])
+           for v in model_results.get("uniform", {}).get(metric, {}).values() if v]
+    if ref:
+        ax.plot(*zip(*sorted(ref), strict=True), "k--s", label="uniform, trained per budget")
+    ax.set_xlabel(f"{metric} (% of the full model)")
+    ax.set_ylabel("TEST accuracy (%)")
+    ax.set_title(f"{model}, Fashion-MNIST: slimmable levels")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/joslim-accuracy.json"))
-    parser.add_argument("--work", type=Path, default=Path("/tmp/widthsearch-joslim-bench"))
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-joslim"))
+    parser.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2"])
+    parser.add_argument("--objectives", nargs="+", default=["macs", "memory"])
     parser.add_argument("--subset", type=int, default=6000)
     parser.add_argument("--val", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--tau", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--tau", type=int, default=4)
     parser.add_argument("--prior-points", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strategies", nargs="+", default=["joslim", "slim", "two-stage"])
+    parser.add_argument("--recal-batches", type=int, default=10)
+    parser.add_argument("--fresh", action="store_true", help="start a new results file")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = [run_one(name, args) for name in args.strategies]
-    record = {"command": "python bench/bench_joslim_accuracy.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-        if k in ("subset", "val", "epochs", "tau", "prior_points", "seed")),
-        "machine": {"python": platform.python_version(), "torch": torch.__version__},
-        "model": "resnet20", "data": "fashion-mnist", "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    for r in results:
-        budgets = {k: None if v is None else round(100 * v["test_accuracy"], 2)
-                   for k, v in r["at_budget"].items()}
-        print(r["strategy"], "area", round(100 * r["test_area_25_100"], 2), budgets,
-              f"{r['train_seconds']:.0f}s", flush=True)
+    bench = Bench(args)
+    for model in args.models:
+        runs = ["slim", "two-stage", *(f"joslim-{m}" for m in args.objectives)]
+        for run in runs:
+            bench.train(model, run)
+        for metric in args.objectives:
+            for run in ("slim", "two-stage", f"joslim-{metric}"):
+                bench.slimmable(model, run, metric)
+            bench.uniform(model, metric, parent="slim")
+        results = bench.results["models"][model]
+        results["comparison"] = compare(results)
+        bench.save()
+        for metric in args.objectives:
+            plot(model, metric, results,
+                 args.out.parent / f"joslim-accuracy-{model}-{metric}.png")
+        bench.log(f"{model}: {json.dumps(results['comparison'])}")
+    bench.log(f"done: {args.out}")
 
 
 if __name__ == "__main__":
