@@ -184,3 +184,27 @@ def test_blur_pool_export_round_trip(tmp_path: Path) -> None:
     back = ws.load(ws.save(sub, tmp_path / "sub")).eval()
     with torch.no_grad():
         assert torch.allclose(sub(x), back(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("gate", ["EcaModule", "CecaModule"])
+def test_eca_gates_follow_the_width_with_exact_macs(gate: str) -> None:
+    """An ECA gate's 1-d conv slides along the channels: the gated channels slim, the gate
+    runs unchanged on the narrow tensor, and its MACs (kernel x channels) stay exact."""
+    import timm.layers
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 48, 3, padding=1), torch.nn.BatchNorm2d(48), torch.nn.ReLU(),
+        getattr(timm.layers, gate)(48), torch.nn.Conv2d(48, 16, 3),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 5))
+    x = torch.randn(1, 3, 12, 12)
+    net = ws.Supernet(model.eval(), x).eval()
+    gated = next(g for g in net.space.groups if g.size == 48)
+    assert gated.slimmable and gated.fixed is None, gated
+    gen = torch.Generator().manual_seed(0)
+    for cfg in (net.space.min(), net.space.sample(gen), net.space.max()):
+        with torch.no_grad(), net.activate(cfg):
+            expected = net(x)
+        sub = net.export(cfg).eval()
+        with torch.no_grad():
+            assert torch.allclose(sub(x), expected, atol=1e-5)
+        assert net.cost(cfg).macs == ws.supernet.macs_of(sub, x)

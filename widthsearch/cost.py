@@ -221,9 +221,16 @@ class CostModel:
             left.add(*a)
             right.add(*b)
             scale.append(layer.positions * s)
+        for record in graph.fixed_macs:  # measured MACs: constant, or linear in one layout
+            if record.layout is None:
+                const += record.macs
+                continue
+            coef, _ = self._channels(record.layout, 0)
+            left.add(coef, 0.0)
+            right.add(np.zeros(len(self._size)), 1.0)
+            scale.append(record.macs / float(coef @ self._size))
         self.add_metric(ProductSum("macs", *left.matrices(), *right.matrices(),
-                                   np.asarray(scale, dtype=np.float64),
-                                   const + float(sum(r.macs for r in graph.fixed_macs))))
+                                   np.asarray(scale, dtype=np.float64), const))
 
     def _build_params(self, graph: ChannelGraph, model: nn.Module, layers: LayerTable) -> None:
         left, right, scale = _Forms(len(self._size)), _Forms(len(self._size)), []

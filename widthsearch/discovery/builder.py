@@ -44,7 +44,9 @@ class _Builder:
         self.buffer_ptr: list[int] = []  # storage id -> its data pointer when it was made
         self.output_buffers: tuple[int, ...] | None = None
         self.unknown: dict[str, str] = {}
-        self.fixed_macs: list[tuple[str, float]] = []
+        self.fixed_macs: list[tuple[str, float, Layout | None]] = []
+        # ops whose measured MACs a rule declared linear in one layout's entries: name -> it
+        self.width_macs: dict[str, Layout] = {}
         self.parameters: dict[str, tuple[int, Layout]] = {}  # name -> (axis, layout)
         self.parameter_uses: dict[str, set[fx.Node]] = {}
         self.constant_views: set[fx.Node] = set()  # size-1 reshapes of a parameter

@@ -138,10 +138,13 @@ class ParamBinding:
 
 @dataclass(frozen=True)
 class MacRecord:
-    """An op whose MACs discovery measured (attention, matmul): its channels are fixed."""
+    """An op whose MACs discovery measured at full width. Without a layout (attention,
+    matmul) its channels are fixed and the MACs a constant; with one (an ECA gate's 1-d conv
+    sliding along the channels) the MACs are linear in that layout's active entries."""
 
     name: str
     macs: float
+    layout: GroupLayout | None = None
 
 
 @dataclass

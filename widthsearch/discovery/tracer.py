@@ -114,7 +114,10 @@ class _Recorder(fx.Interpreter):
         b.values[n] = _apply_rule(b, n, result)
         if flops and len(b.layers) == layers:  # MACs no layer record models
             name = str(n.target) if n.op == "call_module" else n.name
-            b.fixed_macs.append((name, flops / 2))
+            linear_in = b.width_macs.get(name)
+            b.fixed_macs.append((name, flops / 2, linear_in))
+            if linear_in is not None:  # the rule said how the MACs follow the width
+                return result
             tensors = _flatten([b.resolve(n.args), b.resolve(n.kwargs), b.values[n]])
             for t in tensors:
                 if isinstance(t, Traced):
@@ -370,7 +373,8 @@ def _finish(b: _Builder, model: nn.Module) -> ChannelGraph:
         glayout = b.group_layout(layout, names)
         assert glayout is not None
         parameters[pname] = ParamBinding(pname, axis, glayout)
-    fixed_macs = [MacRecord(name, macs) for name, macs in b.fixed_macs]
+    fixed_macs = [MacRecord(name, macs, b.group_layout(layout, names))
+                  for name, macs, layout in b.fixed_macs]
     msgs = list(b.messages)
     if b.limited:
         by_reason: dict[str, list[str]] = {}

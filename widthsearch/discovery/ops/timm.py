@@ -11,8 +11,8 @@ rules here cover the rest:
 - LayerNorm2d and its act / fp32 variants: the channels-first layer norm;
 - BlurPool2d (a fixed per-channel blur): a depthwise layer; its filter copies and its
   `channels` follow the width (a layer spec registered in `dynamic.LAYERS`);
-- ECA gates (a 1-d conv across the channel axis): named, their channels stay full (the
-  gate's MACs would need a record whose positions follow a width);
+- ECA gates (a 1-d conv sliding along the channel axis): they run unchanged at any width,
+  and their measured MACs are declared linear in it (`_Builder.width_macs`);
 - MetaFormer's Scale (`scale.view(shape)` with a stored shape): a layer with its own spec,
   so the scale and the shape follow the width;
 - DropPath and DropBlock2d: pass through (their training-mode forward reads the input's
@@ -168,15 +168,18 @@ def scale_rule(ctx: RuleContext) -> Layout | None:
 
 def channel_gate_rule(ctx: RuleContext) -> Layout | None:
     """An ECA-style gate: x * sigmoid(conv1d over the pooled channel axis). The 1-d kernel
-    slides along the channels, so the gate itself runs at any width, but its MACs (one
-    kernel per channel) have no layer record whose positions follow a width: the channels
-    it gates stay full, named with that reason."""
+    slides along the channels, so the gate runs unchanged at any width and its channels
+    are the input's; its measured MACs (one kernel per channel) are linear in that width."""
     x = _channel_input(ctx)
-    if x.layout is None:
+    lay = x.layout
+    if lay is None:
         return None
-    return _fixed_in_out(ctx, x, "an ECA gate's 1-d conv runs along the channels, and no "
-                         "MACs record follows a width along its positions",
-                         dim=x.layout.dim)
+    if lay.dim != 1 or lay.inner != 1 or lay.by is not None or ctx.out_shape != x.shape:
+        return _fixed_in_out(ctx, x, "a channel gate over a reshaped channel axis",
+                             dim=lay.dim)
+    ctx.builder.width_macs[ctx.name] = lay
+    ctx.builder.note(ctx.builder.members, lay, ctx.name)
+    return lay
 
 
 def _classes(module: str, *names: str) -> list[type]:
