@@ -78,3 +78,17 @@ def test_per_cost_ranks_shrinks_by_accuracy_lost_per_cost_saved() -> None:
         step = res.extra["trajectory"][1]["config"]
         first[per_cost] = "g0" if step["g0"] < 8 else "g1"
     assert first == {False: "g1", True: "g0"}
+
+
+def test_chooses_the_config_recorded_where_the_target_was_first_met() -> None:
+    """AutoSlim's output is its recorded config, even when a candidate shrink scored on the
+    way also fits the budget and scored higher (g0 costs 10x per channel: its first shrink
+    meets 90% at once, but loses more accuracy than g1's, so greedy goes on with g1)."""
+    space = synthetic_space((8, 8), widths=4)
+    ev = FakeEvaluator(space, weights=np.array([0.6, 0.4]))
+    res = Greedy(space, WeightedCosts(), ev, ["macs=90%"]).search()
+    (recorded,) = res.extra["recorded"]
+    limit = res.targets[0].limits["macs"]
+    fits = [r for r in res.records if r.costs["macs"] <= limit]
+    assert max(r.accuracy for r in fits) > ev.accuracy(recorded)  # a better one was scored
+    assert res.chosen[0].record.config.to_dict() == recorded

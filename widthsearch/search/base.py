@@ -366,14 +366,20 @@ class Searcher(ABC):
             out.append(m)
         return tuple(out)
 
+    def eligible(self, target: int, usage: np.ndarray) -> np.ndarray:
+        """Indices of the evaluated records target `target` may choose from (`usage`: each
+        record's share of that target's budgets); the most accurate of them is chosen.
+        Here: every record within the budget."""
+        return np.flatnonzero(usage <= 1.0 + 1e-12)
+
     def _result(self) -> SearchResult:
         recs = self._records
         chosen = []
         if recs:
             acc = np.array([r.accuracy for r in recs])
-            for t in self.targets:
+            for i, t in enumerate(self.targets):
                 usage = t.usage_of({m: np.array([r.costs[m] for r in recs]) for m in t.metrics})
-                ok = np.flatnonzero(usage <= 1.0 + 1e-12)
+                ok = self.eligible(i, usage)
                 if len(ok):
                     best = ok[np.lexsort((usage[ok], -acc[ok]))[0]]
                     chosen.append(Chosen(t, recs[best]))

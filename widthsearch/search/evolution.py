@@ -79,6 +79,14 @@ class Evolution(Searcher):
         children = self._repair(target, children)
         return {"candidates": children.tolist(), "top": top}
 
+    def eligible(self, target: int, usage: np.ndarray) -> np.ndarray:
+        """As the authors choose: within the target's own window [low, high] of the budget,
+        so a cheaper config found for a smaller budget does not stand in for this one (an
+        undertrained supernet tends to score narrower widths higher); any config within the
+        budget only when the window holds none."""
+        inside = np.flatnonzero((usage >= self.low - 1e-12) & (usage <= self.high + 1e-12))
+        return inside if len(inside) else super().eligible(target, usage)
+
     def _in_window(self, target: Any, idx: np.ndarray) -> np.ndarray:
         u = self.usage_of_indices(target, idx)
         return (u >= self.low - 1e-12) & (u <= self.high + 1e-12)

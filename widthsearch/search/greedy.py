@@ -74,6 +74,13 @@ class Greedy(Searcher):
         return {"current": cur.tolist(), "recorded": recorded, "trajectory": trajectory,
                 "stuck": False}
 
+    def eligible(self, target: int, usage: np.ndarray) -> np.ndarray:
+        """AutoSlim's output: the config recorded where the target was first met."""
+        indices = self._state["recorded"][target]
+        if indices is None:
+            return super().eligible(target, usage)
+        return np.array([self._lookup[tuple(int(v) for v in indices)]])
+
     def recorded(self, state: dict[str, Any] | None = None) -> list[dict[str, int] | None]:
         """The config recorded at each target (AutoSlim's output), in target order."""
         st = self._state if state is None else state
