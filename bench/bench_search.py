@@ -30,6 +30,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +43,7 @@ from rich.console import Console
 from widthsearch.build import load_supernet
 from widthsearch.config import TrainConfig, load_config
 from widthsearch.fidelity import fidelity
-from widthsearch.finish import finish
+from widthsearch.finish import FINISH_FILE, finish
 from widthsearch.search.api import search_widths
 from widthsearch.train.trainer import Trainer
 
@@ -225,9 +226,14 @@ class Bench:
         the first supernet's run: retraining from scratch uses only its model and data)."""
         key = f"{label}@{entry['budget']}/s{seed}"
         done = self.results["retrain"].get(key)
-        if done is not None:
-            return done
         parent = self.args.retrain_under or self.run_dir(self.args.strategies[0])
+        sub = Path(parent) / "retrain" / f"{label}-{entry['budget']}-s{seed}"
+        trained = _retrained_config(sub)
+        if trained is not None and trained != entry["config"]:
+            self.log(f"{key}: the search now chooses another config; retraining it")
+            shutil.rmtree(sub)
+        elif done is not None:
+            return done
         folder = self.work / "widths"
         folder.mkdir(exist_ok=True)
         path = folder / f"{label}-{entry['budget']}.json"
@@ -277,6 +283,12 @@ class Bench:
                                       for s in r["samples_scored"]]
             out[strategy]["path"] = str(res.path)
             self.save()
+
+
+def _retrained_config(sub_run: Path) -> dict[str, int] | None:
+    """The config a finished retraining sub-run trained (None when there is none)."""
+    path = sub_run / FINISH_FILE
+    return json.loads(path.read_text())["config"] if path.is_file() else None
 
 
 # ------------------------------------------------------------------------------ the report
