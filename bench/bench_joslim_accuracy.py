@@ -1,6 +1,7 @@
 """Joslim vs slim vs two-stage: the slimmable files against uniform models trained per budget.
 
-    python bench/bench_joslim_accuracy.py --out bench/results/joslim-accuracy.json
+    python bench/bench_joslim_accuracy.py --models resnet20 --subset 12000 --epochs 3 \
+        --out bench/results/joslim-accuracy-resnet20.json
 
 Fashion-MNIST, zoo ResNet-20 and zoo MobileNetV2, the same data, epochs and seed for every
 run. Per model:
@@ -12,14 +13,15 @@ run. Per model:
    peeled, recalibrated and kept on VAL;
 3. the TEST split, once per level, after every choice was made on val: the accuracy of the
    most accurate level (by val) within 25 / 50 / 75 / 100% of the full cost, and the area
-   under the test-accuracy-vs-cost step curve over [25%, 100%] (divided by 0.75: the mean
-   accuracy over that range);
+   under the test-accuracy-vs-cost step curve over [lo, 100%] divided by its width (the mean
+   accuracy over that range; lo = 25%, or the smallest level's cost when that is higher);
 4. the reference: per objective and budget, the uniform multiplier with the most cost
    within the budget, retrained from scratch (`finish(..., "retrain")`) with the same epochs,
    data and seed; each joslim budget cell is compared with it (target: within 0.5 points).
 
 Each stage writes the results file as soon as it ends; running the command again resumes
-(finished stages are read back from the results file). Plots: one per model and objective.
+(finished stages are read back from the results file). Plots: one per objective, named
+after the results file (`<out stem>-<cost>.png`).
 """
 
 from __future__ import annotations
@@ -124,11 +126,8 @@ class Bench:
             fits = [lv for lv in levels if lv["ratio"] <= b + 1e-9]
             best = max(fits, key=lambda lv: lv["val_accuracy"]) if fits else None
             at_budget[pct(b)] = best
-        ratios, tests = [lv["ratio"] for lv in levels], [lv["test_accuracy"] for lv in levels]
-        store[key] = {"strategy": strategy_of(run_name),
-                      "metric": metric, "levels": levels, "at_budget": at_budget,
-                      "test_area_25_100": area_under_curve(ratios, tests, 0.25, 1.0) / 0.75,
-                      "build_seconds": round(build_s, 1)}
+        store[key] = {"strategy": strategy_of(run_name), "metric": metric, "levels": levels,
+                      "at_budget": at_budget, "build_seconds": round(build_s, 1)}
         self.save()
         return store[key]
 
@@ -169,6 +168,16 @@ class Bench:
         return self.args.work / model
 
 
+def mean_accuracy(levels: list[dict[str, Any]]) -> tuple[float, float]:
+    """(lo, mean TEST accuracy of the step curve over [lo, 100%]), lo = max(25%, the
+    cheapest level). Every strategy's cheapest level is the same smallest width (it is
+    always a candidate and never dominated), so lo is shared at one cost; below it no level
+    exists and counting zero there would only measure the smallest width's cost."""
+    ratios, tests = [lv["ratio"] for lv in levels], [lv["test_accuracy"] for lv in levels]
+    lo = max(0.25, min(ratios))
+    return lo, area_under_curve(ratios, tests, lo, 1.0) / (1.0 - lo)
+
+
 def strategy_of(run_name: str) -> str:
     return "joslim" if run_name.startswith("joslim-") else run_name
 
@@ -192,13 +201,14 @@ def command(args: argparse.Namespace) -> str:
 
 
 def compare(model_results: dict[str, Any]) -> dict[str, Any]:
-    """Per objective: each strategy's area, and each joslim budget cell minus uniform."""
+    """Per objective: each strategy's mean accuracy over [area_from, 100%] of the cost
+    (`mean_accuracy`), and each joslim budget cell minus the uniform model there."""
     out: dict[str, Any] = {}
     uniform = model_results.get("uniform", {})
-    for key, slim in model_results.get("slimmable", {}).items():
+    for slim in model_results.get("slimmable", {}).values():
         metric = slim["metric"]
         row = out.setdefault(metric, {"area": {}, "joslim_vs_uniform": {}})
-        row["area"][slim["strategy"]] = slim["test_area_25_100"]
+        row["area_from"], row["area"][slim["strategy"]] = mean_accuracy(slim["levels"])
         if slim["strategy"] != "joslim":
             continue
         for b, cell in slim["at_budget"].items():
@@ -245,7 +255,8 @@ def plot(model: str, metric: str, model_results: dict[str, Any], path: Path) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("bench/results/joslim-accuracy.json"))
+    parser.add_argument("--out", type=Path,
+                        default=Path("bench/results/joslim-accuracy-resnet20.json"))
     parser.add_argument("--work", type=Path, default=Path("runs/bench-joslim"))
     parser.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2"])
     parser.add_argument("--objectives", nargs="+", default=["macs", "memory"])
@@ -272,8 +283,7 @@ def main() -> None:
         results["comparison"] = compare(results)
         bench.save()
         for metric in args.objectives:
-            plot(model, metric, results,
-                 args.out.parent / f"joslim-accuracy-{model}-{metric}.png")
+            plot(model, metric, results, args.out.parent / f"{args.out.stem}-{metric}.png")
         bench.log(f"{model}: {json.dumps(results['comparison'])}")
     bench.log(f"done: {args.out}")
 

@@ -3,8 +3,9 @@
     python bench/readme_results.py --write     # rewrite the block between the markers
 
 Reads bench/results/search.json (searched widths vs the uniform multiplier, TEST split,
-mean over seeds and the paired difference) and bench/results/joslim-accuracy.json (TEST
-accuracy of each slimmable file's best level within a MACs budget). Both runs are scaled
+mean over seeds and the paired difference) and bench/results/joslim-accuracy-*.json (TEST
+accuracy of each slimmable file's best level within a MACs or memory budget, and of
+uniform models trained per budget). Both runs are scaled
 down for a shared 2-core machine; bench/README.md says how.
 """
 
@@ -17,6 +18,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+JOSLIM_RUNS = ("resnet20", "resnet20-short")
+"""bench/results/joslim-accuracy-<name>.json files shown, in this order."""
 BEGIN, END = "<!-- results: begin (bench/readme_results.py) -->", "<!-- results: end -->"
 
 
@@ -32,22 +35,35 @@ def _search_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _slimmable_table(results: list[dict[str, Any]]) -> list[str]:
-    budgets = (0.25, 0.5, 0.75, 1.0)
-    lines = ["| strategy | " + " | ".join(f"{int(100 * b)}% MACs" for b in budgets) + " |",
-             "|---|" + "---:|" * len(budgets)]
-    for run in results:
-        cells = []
-        for b in budgets:
-            fit = [lv["test_accuracy"] for lv in run["levels"] if lv["macs_ratio"] <= b + 1e-9]
-            cells.append(f"{100 * max(fit):.2f}" if fit else "-")
-        lines.append(f"| {run['strategy']} | " + " | ".join(cells) + " |")
+def _slimmable_table(models: dict[str, Any]) -> list[str]:
+    """Per model and cost objective: each strategy's best level within each budget, its
+    mean over 25-100% of the cost, and the uniform models trained per budget."""
+    budgets = ("25%", "50%", "75%", "100%")
+    lines = ["| model | cost | strategy | " + " | ".join(budgets) + " | mean accuracy over the costs |",
+             "|---|---|---|" + "---:|" * (len(budgets) + 1)]
+
+    def cell(entry: dict[str, Any] | None) -> str:
+        return "-" if entry is None else f"{100 * entry['test_accuracy']:.2f}"
+
+    for model, result in models.items():
+        for slim in result.get("slimmable", {}).values():
+            cells = [cell(slim["at_budget"].get(b)) for b in budgets]
+            compared = result["comparison"][slim["metric"]]
+            mean = compared["area"][slim["strategy"]]
+            lines.append(f"| {model} | {slim['metric']} | {slim['strategy']} | "
+                         + " | ".join(cells) + f" | {100 * mean:.2f} from "
+                         f"{100 * compared['area_from']:.0f}% |")
+        for metric, per_budget in result.get("uniform", {}).items():
+            cells = [cell(per_budget.get(b)) for b in budgets]
+            lines.append(f"| {model} | {metric} | uniform, trained per budget | "
+                         + " | ".join(cells) + " | - |")
     return lines
 
 
 def render() -> str:
     search = json.loads((RESULTS / "search.json").read_text())
-    joslim = json.loads((RESULTS / "joslim-accuracy.json").read_text())
+    joslim = [json.loads((RESULTS / f"joslim-accuracy-{name}.json").read_text())
+              for name in JOSLIM_RUNS]
     settings = search.get("settings", {})
     parts = [
         BEGIN,
@@ -60,10 +76,11 @@ def render() -> str:
         "",
         *_search_table(search["summary"]),
         "",
-        "Slimmable files (one training run each, TEST accuracy of the best level within the "
-        f"budget; `{joslim['command']}`):",
-        "",
-        *_slimmable_table(joslim["results"]),
+        "Slimmable files (one training run each; TEST accuracy of the level, chosen on val, "
+        "within each budget of the cost, and uniform models trained per budget with the same "
+        "recipe; bench/README.md says what each recipe is):",
+        *(line for run in joslim for line in ("", f"`{run['command']}`", "",
+                                               *_slimmable_table(run["models"]))),
         END,
     ]
     return "\n".join(parts)
