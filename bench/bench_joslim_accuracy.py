@@ -40,6 +40,7 @@ import widthsearch as ws
 from widthsearch.build import load_supernet
 from widthsearch.cli import main as cli
 from widthsearch.finish import finish
+from widthsearch.safeio import atomic_write_text
 from widthsearch.search.pareto import area_under_curve
 from widthsearch.train.bn import evaluate
 
@@ -61,9 +62,7 @@ class Bench:
 
     def save(self) -> None:
         self.args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.results, indent=1) + "\n")
-        tmp.replace(self.args.out)
+        atomic_write_text(self.args.out, json.dumps(self.results, indent=1) + "\n")
 
     def log(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
