@@ -57,7 +57,7 @@ class Bench:
             self.results = json.loads(args.out.read_text())
         self.results.update(command=command(args), settings=settings(args), machine={
             "python": platform.python_version(), "torch": torch.__version__,
-            "threads": 1}, data="fashion-mnist")
+            "threads": args.threads}, data="fashion-mnist")
         self.results.setdefault("models", {})
 
     def save(self) -> None:
@@ -70,7 +70,8 @@ class Bench:
     def recipe(self, model: str) -> list[str]:
         a = self.args
         return [f"model.name={model}", f"data.subset={a.subset}", f"data.val_size={a.val}",
-                f"optim.epochs={a.epochs}", "train.threads=1", f"train.seed={a.seed}",
+                f"optim.epochs={a.epochs}", f"optim.lr={a.lr}", f"train.threads={a.threads}",
+                f"train.seed={a.seed}", f"train.channels_last={str(a.channels_last).lower()}",
                 "train.eval_max_batches=2", "train.checkpoint_every_steps=0"]
 
     # -- stages ---------------------------------------------------------------------------
@@ -187,15 +188,19 @@ def pct(b: float) -> str:
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("models", "objectives", "subset", "val", "epochs", "tau", "prior_points", "seed",
-            "recal_batches")
+            "recal_batches", "lr", "threads", "channels_last")
     return {k: getattr(args, k) for k in keys}
 
 
 def command(args: argparse.Namespace) -> str:
     parts = []
     for k, v in settings(args).items():
+        flag = f"--{k.replace('_', '-')}"
+        if isinstance(v, bool):
+            parts += [flag] if v else []
+            continue
         v = " ".join(map(str, v)) if isinstance(v, list) else v
-        parts.append(f"--{k.replace('_', '-')} {v}")
+        parts.append(f"{flag} {v}")
     return "python bench/bench_joslim_accuracy.py " + " ".join(parts)
 
 
@@ -266,9 +271,13 @@ def main() -> None:
     parser.add_argument("--prior-points", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recal-batches", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=0.1, help="peak learning rate")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--channels-last", action="store_true",
+                        help="train with NHWC weights (faster depthwise convolutions on CPU)")
     parser.add_argument("--fresh", action="store_true", help="start a new results file")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     bench = Bench(args)
     for model in args.models:
         runs = ["slim", "two-stage", *(f"joslim-{m}" for m in args.objectives)]

@@ -380,3 +380,28 @@ def test_selection_caches_are_bounded(generator: torch.Generator) -> None:
     assert len(net._composed) <= 50 and len(net._selections) <= 50
     x = torch.randn(2, 1, 28, 28)
     assert_exports_exactly(net, x, n=2)  # evicted entries are recomputed the same
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+def test_channels_last_weights_compute_the_same_subnets(name: str, pattern: str,
+                                                        generator: torch.Generator) -> None:
+    """NHWC weights (train.channels_last) change the memory layout only: every subnet and
+    its export compute what the contiguous supernet computes."""
+    plain, x = build_supernet(name, pattern)
+    nhwc, _ = build_supernet(name, pattern)
+    nhwc.to(memory_format=torch.channels_last)
+    convs = [p for p in nhwc.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    plain.eval()
+    nhwc.eval()
+    with torch.no_grad():
+        for _ in range(4):
+            cfg = plain.space.sample(generator)
+            choice = plain.sample_choice(cfg, generator)
+            plain.activate(cfg, choice)
+            nhwc.activate(cfg, choice)
+            expected = plain(x)
+            torch.testing.assert_close(nhwc(x), expected, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(nhwc.export(cfg, choice).eval()(x), expected,
+                                       rtol=1e-4, atol=1e-5)

@@ -282,3 +282,28 @@ def test_amp_on_cpu_is_ignored_with_a_warning(data_root: Path) -> None:
     with pytest.warns(UserWarning, match="amp is ignored on CPU"):
         trainer = make(tiny_config(data_root, train={"amp": True}))
     assert trainer.precision.dtype is None
+
+
+def test_channels_last_trains_the_same_network_and_resumes_exactly(data_root: Path,
+                                                                   tmp_path: Path) -> None:
+    def nhwc(trainer: Trainer) -> bool:
+        convs = [p for p in trainer.net.parameters() if p.dim() == 4]
+        return all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+
+    contiguous = make(tiny_config(data_root), tmp_path / "nchw")
+    assert not nhwc(contiguous)
+    contiguous.fit(max_steps=1)
+    config = tiny_config(data_root, train={"channels_last": True})
+    full = make(config, tmp_path / "full")
+    assert nhwc(full)
+    full.fit()
+    first = records(tmp_path / "full", "train")[0]["loss"]
+    assert first == pytest.approx(records(tmp_path / "nchw", "train")[0]["loss"], rel=1e-4)
+
+    make(config, tmp_path / "resumed").fit(max_steps=5)
+    resumed = Trainer.resume(tmp_path / "resumed", console=quiet(), progress=False)
+    assert nhwc(resumed)
+    resumed.fit()
+    expected = _state(full)
+    for key, value in _state(resumed).items():
+        assert torch.equal(value, expected[key]), key

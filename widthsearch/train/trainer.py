@@ -82,7 +82,7 @@ CHECKPOINT_FORMAT = 2
 EVAL_WIDTHS = ("max", "mid", "min")
 """The widths evaluated after every epoch: full, every group near half, every group minimal."""
 RESUME_OVERRIDABLE = {
-    "train.device", "train.amp", "train.threads", "train.log_every_steps",
+    "train.device", "train.amp", "train.channels_last", "train.threads", "train.log_every_steps",
     "train.checkpoint_every_steps", "train.keep_checkpoints", "train.eval_recal_batches",
     "train.eval_max_batches", "data.root", "data.workers",
 }
@@ -373,6 +373,8 @@ class Trainer:
         else:
             net = build_supernet(self.config, self.data, quiet=not self.dist.is_main)
         net.to(self.device)
+        if self.config.train.channels_last:
+            net.to(memory_format=torch.channels_last)
         broadcast_module(net)  # identical start on every rank (seeded alike anyway)
         return net
 
