@@ -146,6 +146,33 @@ def test_bisection_hits_the_target_cost(encoder: WidthEncoder) -> None:
     assert all(np.isclose(levels, t).any() for t in proposer.last_targets)
 
 
+def peak_width(widths: np.ndarray) -> np.ndarray:
+    """A peak-memory-like cost: the widest group, so it moves in steps of one width."""
+    return np.atleast_2d(widths)[:, :GROUPS].max(axis=1).astype(np.float64)
+
+
+@pytest.mark.parametrize("snap", [True, False])
+def test_targets_between_the_steps_of_a_stepped_cost_snap_to_a_reachable_cost(
+        encoder: WidthEncoder, snap: bool) -> None:
+    proposer = JoslimProposer(encoder, peak_width, prior_points=0, snap_targets=snap)
+    proposer.full_done = True
+    rng = np.random.default_rng(0)
+    widths = encoder.widths(0.42 + 0.58 * rng.random((60, encoder.num_dims)))
+    proposer.tell(encoder.configs(widths), surface(encoder, widths))
+    configs = proposer.ask(12)
+    gaps = np.abs(peak_width(encoder.to_widths(configs)) - np.array(proposer.last_targets))
+    tol = proposer.tolerance * proposer.full_cost  # 0.64 channels; the cost moves by 2
+    if snap:
+        assert proposer.stats.snapped >= 3
+        reachable = [abs(t - 2 * round(t / 2)) <= tol for t in proposer.last_targets]
+        assert all(reachable)  # every target is within the tolerance of a width
+        assert proposer.stats.hits >= 10
+        assert np.all(gaps <= tol)
+    else:
+        assert proposer.stats.snapped == 0
+        assert proposer.stats.misses >= 3  # levels between two widths cannot be hit
+
+
 def test_a_miss_is_logged(encoder: WidthEncoder, caplog: pytest.LogCaptureFixture) -> None:
     proposer = filled(encoder, n=40)
     proposer.rounds = 1  # one round cannot reach most targets

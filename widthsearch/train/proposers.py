@@ -304,6 +304,9 @@ class ProposalStats:
     proposals: int = 0
     hits: int = 0
     misses: int = 0
+    snapped: int = 0
+    """Targets no candidate came within the tolerance of, moved to the nearest candidate
+    cost (a cost with few distinct values, such as peak memory, leaves gaps between them)."""
     rounds: int = 0
     fits: int = 0
 
@@ -320,7 +323,10 @@ class JoslimProposer(WidthOptimizer):
         prior_points: proposals drawn as conventional slimmable widths before the BO starts.
         b: the scalarization's ideal point (below every standardized value).
         beta: confidence-bound width (the bound is mean - sqrt(beta) * std).
-        levels: target costs are drawn from this many levels between the smallest and full.
+        levels: target costs are drawn from this many levels between the smallest and full;
+            a level that no candidate's cost comes within the tolerance of (peak memory
+            moves in steps of one layer's activation) is moved to the nearest candidate cost
+            (`snap_targets`; off, such a proposal misses as in the reference code).
         tolerance: a proposal hits its target when |cost - target| <= tolerance * full cost.
         rounds: at most this many bisection rounds of the scalarization weight.
         max_points: history points the GP is fitted on (see the module docstring).
@@ -332,14 +338,15 @@ class JoslimProposer(WidthOptimizer):
 
     def __init__(self, encoder: WidthEncoder, cost_fn: CostFn, *, prior_points: int = 20,
                  b: float = -3.0, beta: float = 0.1, levels: int = 50, tolerance: float = 0.02,
-                 rounds: int = 10, max_points: int = 200, pool: int = 2048,
-                 warm_iters: int = 20, cold_iters: int = 150, seed: int = 0) -> None:
+                 rounds: int = 10, snap_targets: bool = True, max_points: int = 200,
+                 pool: int = 2048, warm_iters: int = 20, cold_iters: int = 150, seed: int = 0) -> None:
         super().__init__(encoder, cost_fn, seed)
         require("botorch", "joslim", "Joslim's Bayesian optimization")
         if encoder.num_dims == 0:
             raise WidthSearchError("the width space has no group to search")
         self.prior_points, self.b, self.beta = int(prior_points), float(b), float(beta)
         self.levels, self.tolerance, self.rounds = int(levels), float(tolerance), int(rounds)
+        self.snap_targets = bool(snap_targets)
         self.max_points, self.pool = int(max_points), int(pool)
         self.warm_iters, self.cold_iters = int(warm_iters), int(cold_iters)
         self.full_done = False
@@ -485,6 +492,12 @@ class JoslimProposer(WidthOptimizer):
         levels = np.linspace(self.min_cost, self.full_cost, self.levels)
         target = float(levels[int(torch.randint(0, self.levels, (1,), generator=generator))])
         tol = self.tolerance * self.full_cost
+        nearest = float(cost[int(np.argmin(np.abs(cost - target)))])
+        if self.snap_targets and abs(nearest - target) > tol:
+            log.debug("joslim: no candidate costs within the tolerance of the target %.4g; "
+                      "aiming at the nearest candidate cost %.4g", target, nearest)
+            self.stats.snapped += 1
+            target = nearest
         self.last_targets.append(target)
         low, high = 0.0, 1.0
         best_i, best_gap = 0, math.inf
