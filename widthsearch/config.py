@@ -157,7 +157,7 @@ class TrainConfig(_Section):
     `checkpoint_every_steps` = 0 keeps only the end-of-epoch checkpoints. `amp` runs mixed
     precision where the device supports it (CUDA); on CPU it is ignored with a warning.
     `channels_last` stores the 4-d weights NHWC, which oneDNN convolves faster on CPU
-    (about 2x for MobileNetV2's depthwise layers, bench/README.md); the result is the same
+    (1.4-2x per training step on the zoo models, bench/README.md); the result is the same
     network, up to float rounding.
     """
 
