@@ -16,11 +16,13 @@ run. Per model:
    under the test-accuracy-vs-cost step curve over [lo, 100%] divided by its width (the mean
    accuracy over that range; lo = 25%, or the smallest level's cost when that is higher);
 4. the reference: per objective and budget, the uniform multiplier with the most cost
-   within the budget, retrained from scratch (`finish(..., "retrain")`) with the same epochs,
-   data and seed; each joslim budget cell is compared with it (target: within 0.5 points).
+   within the budget (of multipliers with equal cost, the largest), retrained from scratch
+   (`finish(..., "retrain")`) with the same epochs, data and seed; each joslim budget cell
+   is compared with it (target: within 0.5 points).
 
 Each stage writes the results file as soon as it ends; running the command again resumes
-(finished stages are read back from the results file). Plots: one per objective, named
+(finished stages are read back from the results file; a stage that reads a training run
+whose weights are no longer under --work trains it again). Plots: one per objective, named
 after the results file (`<out stem>-<cost>.png`).
 """
 
@@ -37,7 +39,7 @@ from typing import Any
 import torch
 
 import widthsearch as ws
-from widthsearch.build import load_supernet
+from widthsearch.build import WEIGHTS_FILE, load_supernet
 from widthsearch.cli import main as cli
 from widthsearch.finish import finish
 from widthsearch.safeio import atomic_write_text
@@ -78,7 +80,8 @@ class Bench:
     def train(self, model: str, run_name: str) -> dict[str, Any]:
         """One strategy's training run (joslim-<cost> names Joslim's cost objective)."""
         store = self.results["models"].setdefault(model, {}).setdefault("runs", {})
-        if run_name in store:
+        run = self.work(model) / run_name
+        if run_name in store and (run / WEIGHTS_FILE).is_file():
             return store[run_name]
         a = self.args
         strategy = strategy_of(run_name)
@@ -87,7 +90,6 @@ class Bench:
         if strategy == "joslim":
             options += [f"strategy.options.prior_points={a.prior_points}",
                         f"strategy.options.cost={run_name.split('-', 1)[1]}"]
-        run = self.work(model) / run_name
         shutil.rmtree(run, ignore_errors=True)
         self.log(f"{model}: training {run_name}")
         start = time.perf_counter()
@@ -103,6 +105,7 @@ class Bench:
         store = self.results["models"][model].setdefault("slimmable", {})
         if key in store:
             return store[key]
+        self.train(model, run_name)
         run = self.work(model) / run_name
         path = run / f"slimmable-{metric}.safetensors"
         self.log(f"{model}: slimmable {key}")
@@ -132,24 +135,28 @@ class Bench:
         return store[key]
 
     def uniform(self, model: str, metric: str, parent: str) -> dict[str, Any]:
-        """Per budget, the uniform multiplier with the most `metric` within it, retrained."""
+        """Per budget, the uniform multiplier with the most `metric` within it, retrained;
+        of multipliers with equal `metric` (peak memory moves in steps), the largest."""
         store = self.results["models"][model].setdefault("uniform", {}).setdefault(metric, {})
+        if all(pct(b) in store for b in BUDGETS):
+            return store
+        self.train(model, parent)  # its config and width space; the retrain starts afresh
         loaded = load_supernet(self.work(model) / parent)
         net, space = loaded.net, loaded.net.space
         full = getattr(net.cost(space.max()), metric)
-        by_config: dict[Any, float] = {}
+        by_config: dict[Any, tuple[float, int]] = {}
         for i in range(1, 1001):
             cfg = space.uniform(i / 1000)
-            by_config.setdefault(cfg, getattr(net.cost(cfg), metric) / full)
+            by_config[cfg] = (getattr(net.cost(cfg), metric) / full, i)
         for b in BUDGETS:
             if pct(b) in store:
                 continue
-            inside = [(r, c) for c, r in by_config.items() if r <= b + 1e-9]
+            inside = [(key, c) for c, key in by_config.items() if key[0] <= b + 1e-9]
             if not inside:
                 store[pct(b)] = None
                 self.save()
                 continue
-            ratio, cfg = max(inside, key=lambda t: t[0])
+            (ratio, _), cfg = max(inside, key=lambda t: t[0])
             path = self.work(model) / f"uniform-{metric}-{pct(b)}.json"
             path.write_text(json.dumps({"config": cfg.to_dict(), "choice": {}}))
             self.log(f"{model}: retraining the uniform model at {metric}={pct(b)}")
@@ -201,6 +208,7 @@ def command(args: argparse.Namespace) -> str:
             continue
         v = " ".join(map(str, v)) if isinstance(v, list) else v
         parts.append(f"{flag} {v}")
+    parts.append(f"--out {args.out}")
     return "python bench/bench_joslim_accuracy.py " + " ".join(parts)
 
 
@@ -280,10 +288,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     bench = Bench(args)
     for model in args.models:
-        runs = ["slim", "two-stage", *(f"joslim-{m}" for m in args.objectives)]
-        for run in runs:
-            bench.train(model, run)
-        for metric in args.objectives:
+        for metric in args.objectives:  # each stage trains the runs it reads, when missing
             for run in ("slim", "two-stage", f"joslim-{metric}"):
                 bench.slimmable(model, run, metric)
             bench.uniform(model, metric, parent="slim")
