@@ -172,7 +172,8 @@ class Bench:
         return store
 
     def work(self, model: str) -> Path:
-        return self.args.work / model
+        """Scratch runs, one directory per results file: two recipes never share a run."""
+        return self.args.work / self.args.out.stem / model
 
 
 def mean_accuracy(levels: list[dict[str, Any]]) -> tuple[float, float]:
