@@ -103,6 +103,17 @@ def test_interrupted_finishing_resumes_to_the_same_model(parent: Path,
     assert resumed["test_accuracy"] == whole["test_accuracy"]
 
 
+def test_an_existing_sub_run_refuses_other_settings(parent: Path) -> None:
+    args = {"console": quiet(), "progress": False}
+    done = FIN.finish(parent, "retrain", pick=1, name="settings",
+                      overrides=["optim.epochs=1"], **args)
+    with pytest.raises(WidthSearchError, match=r"optim.epochs: 1 -> 2.*another --name"):
+        FIN.finish(parent, "retrain", pick=1, name="settings", overrides=["optim.epochs=2"],
+                   **args)
+    same = ["optim.epochs=1", "train.threads=1"]  # the same run: the result is handed back
+    assert FIN.finish(parent, "retrain", pick=1, name="settings", overrides=same, **args) == done
+
+
 def test_retrain_starts_from_scratch(parent: Path) -> None:
     target = FIN.read_target(parent, pick=1)
     loaded = ws.load_supernet(parent)

@@ -193,6 +193,7 @@ def finish(run_dir: str | Path, mode: Mode, *, pick: int | None = None,
     builder = _SubnetBuilder(parent, parent_config, target, mode)
     if (sub_path / "config.yaml").is_file():
         _check_same_target(sub_path, target)
+        _check_same_settings(sub_path, overrides)
         result_path = sub_path / RESULT_FILE
         if result_path.is_file():  # finished: the test split was measured once already
             return _read_json(result_path)
@@ -226,6 +227,20 @@ def _check_same_target(sub_path: Path, target: Target) -> None:
     if record.get("config") != target.config or record.get("choice", {}) != target.choice:
         raise WidthSearchError(f"{sub_path} trains another config ({record.get('source')}); "
                                "choose another --name")
+
+
+def _check_same_settings(sub_path: Path, overrides: Sequence[str]) -> None:
+    """An existing sub-run keeps the settings it was made with: an override asking for
+    another value (more epochs, other data) is an error, not the old result handed back."""
+    recorded = RunDir.open(sub_path).read_config()
+    before = load_config(recorded).to_dict()
+    after = load_config(recorded, [o for o in overrides if not _resumable(o)]).to_dict()
+    changed = [f"{section}.{key}: {before[section].get(key)!r} -> {value!r}"
+               for section, values in after.items() if isinstance(values, dict)
+               for key, value in values.items() if before[section].get(key) != value]
+    if changed:
+        raise WidthSearchError(f"{sub_path} was trained with other settings ("
+                               + "; ".join(changed) + "); choose another --name")
 
 
 def _report(model: nn.Module, trainer: Any, target: Target, mode: Mode, sub_path: Path,
