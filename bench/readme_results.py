@@ -18,7 +18,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-JOSLIM_RUNS = ("resnet20", "resnet20-short")
+JOSLIM_RUNS = ("resnet20", "resnet20-short", "mobilenetv2", "mobilenetv2-memory")
 """bench/results/joslim-accuracy-<name>.json files shown, in this order."""
 BEGIN, END = "<!-- results: begin (bench/readme_results.py) -->", "<!-- results: end -->"
 
