@@ -244,7 +244,7 @@ def plot(model: str, metric: str, model_results: dict[str, Any], path: Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
     for slim in model_results["slimmable"].values():
         if slim["metric"] != metric:
             continue
@@ -260,7 +260,7 @@ def plot(model: str, metric: str, model_results: dict[str, Any], path: Path) -> 
     ax.set_ylabel("TEST accuracy (%)")
     ax.set_title(f"{model}, Fashion-MNIST: slimmable levels")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small")  # off the curves
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
