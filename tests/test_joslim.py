@@ -21,6 +21,7 @@ from widthsearch.config import load_config
 from widthsearch.errors import WidthSearchError
 from widthsearch.train.bn import bn_state
 from widthsearch.train.joslim import Joslim, Slim, TwoStage, history_widths, rescore
+from widthsearch.train.proposers import WidthOptimizer
 from widthsearch.train.strategies import build_strategy
 from widthsearch.train.trainer import Trainer
 
@@ -74,6 +75,8 @@ def test_registered_with_validated_options() -> None:
         build_strategy("slim", lo=0)
     with pytest.raises(WidthSearchError, match="unknown option"):
         build_strategy("two-stage", beta=0.1)
+    with pytest.raises(WidthSearchError, match="proposer must be one of bo, random, uniform"):
+        build_strategy("joslim", proposer="nsga2")
 
 
 def test_tau_follows_the_run_length() -> None:
@@ -136,6 +139,46 @@ def test_steps_train_full_current_and_smallest_and_rescore_on_val() -> None:
     assert s.proposer.asked == 4
 
 
+class EveryOtherMultiplier(WidthOptimizer):
+    """A user's optimizer: multipliers 0.6 and 0.9 in turn, to see that it drives training."""
+
+    name = "every-other"
+
+    def _propose(self, n: int, generator: torch.Generator) -> np.ndarray:
+        ratios = [(0.6, 0.9)[(self.asked + i) % 2] for i in range(n)]
+        return self.encoder.uniform(np.asarray(ratios))
+
+
+class UsersJoslim(Joslim):
+    def make_proposer(self, encoder: Any, cost_fn: Any) -> WidthOptimizer:
+        return EveryOtherMultiplier(encoder, cost_fn)
+
+
+@pytest.mark.parametrize("proposer", ["random", "uniform", "users"])
+def test_any_width_optimizer_drives_the_trained_widths(proposer: str) -> None:
+    net = small_net().train()
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    val = [(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))) for _ in range(2)]
+    options = {"tau": 2, "M": 2}
+    s = (UsersJoslim(**options) if proposer == "users"
+         else build_strategy("joslim", proposer=proposer, **options))
+    s.attach(total_steps=10, val=val)
+    trained = []
+    for step in range(4):
+        s.step(net, x, y, loss_fn=torch.nn.functional.cross_entropy,
+               generator=torch.Generator().manual_seed(step))
+        trained.append(list(s.current))
+    assert s.proposer.asked == 4 and s.trained.count(s.current[0]) >= 1
+    assert np.isfinite(s.proposer.losses).all()  # re-scored on val like the BO's widths
+    one_multiplier = {tuple(w) for w in s.encoder.uniform(np.linspace(0.42, 1, 5000))}
+    on_line = [tuple(s.encoder.to_widths([c])[0]) in one_multiplier for c in sum(trained, [])]
+    assert all(on_line) if proposer != "random" else not all(on_line)
+    if proposer == "users":
+        expected = [list(s.encoder.configs(s.encoder.uniform(np.asarray(r))))
+                    for r in ([0.6, 0.9], [0.6, 0.9])]
+        assert trained == [expected[0], expected[0], expected[1], expected[1]]
+
+
 def test_slim_trains_one_multiplier_and_two_stage_per_group_widths() -> None:
     net = small_net().train()
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
@@ -152,8 +195,9 @@ def test_slim_trains_one_multiplier_and_two_stage_per_group_widths() -> None:
         assert len(s.proposer.history) <= 6  # the widths of steps 0 and 2
 
 
-def test_killed_joslim_run_resumes_exactly(data_root: Path, tmp_path: Path) -> None:
-    config = joslim_config(data_root)
+@pytest.mark.parametrize("proposer", ["bo", "random"])
+def test_killed_joslim_run_resumes_exactly(data_root: Path, tmp_path: Path, proposer: str) -> None:
+    config = joslim_config(data_root, proposer=proposer)
     config["optim"]["epochs"] = 1  # 4 steps, updates at steps 0 and 2
     whole = make(config, tmp_path / "whole")
     whole.fit()
@@ -168,8 +212,9 @@ def test_killed_joslim_run_resumes_exactly(data_root: Path, tmp_path: Path) -> N
     assert a["proposer"]["widths"] == b["proposer"]["widths"]
     assert a["proposer"]["losses"] == b["proposer"]["losses"]
     assert a["current"] == b["current"]
-    for k in a["proposer"]["gp"]:
+    for k in a["proposer"].get("gp", {}):
         assert torch.equal(a["proposer"]["gp"][k], b["proposer"]["gp"][k])
+    assert ("gp" in a["proposer"]) == (proposer == "bo")
     assert len(history_widths(a, len(whole.net.space))) == len(a["proposer"]["widths"])
 
 

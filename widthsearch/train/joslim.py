@@ -147,15 +147,16 @@ class _HistoryStrategy(Strategy):
         except KeyError:
             raise WidthSearchError(f"unknown cost {metric!r}; known: "
                                    f"{', '.join(COST_METRICS)}") from None
-        self.proposer = self._make_proposer(self.encoder,
+        self.proposer = self.make_proposer(self.encoder,
                                             lambda w: model.evaluate(w, metric))
         if self._pending_state is not None:
             self._load(self._pending_state)
             self._pending_state = None
 
     @abc.abstractmethod
-    def _make_proposer(self, encoder: WidthEncoder, cost_fn: Any) -> WidthOptimizer:
-        """The proposer of this strategy's widths."""
+    def make_proposer(self, encoder: WidthEncoder, cost_fn: Any) -> WidthOptimizer:
+        """The proposer of this strategy's widths: any `WidthOptimizer` (a subclass that
+        returns its own, a pymoo algorithm behind ask / tell say, trains its widths)."""
 
     def smallest(self) -> WidthConfig:
         assert self.encoder is not None
@@ -209,12 +210,16 @@ class Joslim(_HistoryStrategy):
     """Joslim (see the module docstring). Options: M new widths every tau steps (tau None:
     about `widths_total` widths over the run, at least `tau_min` steps apart), the first
     `prior_points` proposals one-multiplier widths, b / beta the scalarization's ideal point
-    and confidence width, lo the smallest multiplier, cost "macs" | "params" | "memory"."""
+    and confidence width, lo the smallest multiplier, cost "macs" | "params" | "memory";
+    proposer "bo" (the Bayesian optimizer) or, for an ablation with the same training and
+    re-scoring, "random" (per-group widths) or "uniform" (one multiplier)."""
 
     name = "joslim"
     defaults: ClassVar[dict[str, Any]] = {
         **_HistoryStrategy.defaults, "prior_points": 20, "b": -3.0, "beta": 0.1,
+        "proposer": "bo",
     }
+    proposers: ClassVar[tuple[str, ...]] = ("bo", "random", "uniform")
 
     def _validate(self) -> None:
         super()._validate()
@@ -224,9 +229,16 @@ class Joslim(_HistoryStrategy):
             raise WidthSearchError(f"option b must be a number, got {o['b']!r}")
         self.b = float(o["b"])
         self.beta = _check_positive("beta", o["beta"])
+        if o["proposer"] not in self.proposers:
+            raise WidthSearchError(f"option proposer must be one of {', '.join(self.proposers)},"
+                                   f" got {o['proposer']!r}")
+        self.proposer_name = str(o["proposer"])
         self.updates = 0
 
-    def _make_proposer(self, encoder: WidthEncoder, cost_fn: Any) -> WidthOptimizer:
+    def make_proposer(self, encoder: WidthEncoder, cost_fn: Any) -> WidthOptimizer:
+        if self.proposer_name != "bo":
+            return RandomProposer(encoder, cost_fn, uniform=self.proposer_name == "uniform",
+                                  seed=self.seed)
         return JoslimProposer(encoder, cost_fn, prior_points=self.prior_points, b=self.b,
                               beta=self.beta, seed=self.seed)
 
@@ -287,7 +299,7 @@ class _RandomHistory(_HistoryStrategy):
 
     uniform: ClassVar[bool] = True
 
-    def _make_proposer(self, encoder: WidthEncoder, cost_fn: Any) -> WidthOptimizer:
+    def make_proposer(self, encoder: WidthEncoder, cost_fn: Any) -> WidthOptimizer:
         return RandomProposer(encoder, cost_fn, uniform=self.uniform, seed=self.seed)
 
     def _update(self, net: nn.Module, supernet: Any, generator: torch.Generator,
