@@ -75,8 +75,10 @@ def test_registered_with_validated_options() -> None:
         build_strategy("slim", lo=0)
     with pytest.raises(WidthSearchError, match="unknown option"):
         build_strategy("two-stage", beta=0.1)
-    with pytest.raises(WidthSearchError, match="proposer must be one of bo, random, uniform"):
-        build_strategy("joslim", proposer="nsga2")
+    with pytest.raises(WidthSearchError, match="proposer must be one of bo, nsga2, random, uniform"):
+        build_strategy("joslim", proposer="nsga3")
+    with pytest.raises(WidthSearchError, match="population must be an integer >= 2"):
+        build_strategy("joslim", proposer="nsga2", population=1)
 
 
 def test_tau_follows_the_run_length() -> None:
@@ -154,7 +156,7 @@ class UsersJoslim(Joslim):
         return EveryOtherMultiplier(encoder, cost_fn)
 
 
-@pytest.mark.parametrize("proposer", ["random", "uniform", "users"])
+@pytest.mark.parametrize("proposer", ["nsga2", "random", "uniform", "users"])
 def test_any_width_optimizer_drives_the_trained_widths(proposer: str) -> None:
     net = small_net().train()
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
@@ -172,7 +174,7 @@ def test_any_width_optimizer_drives_the_trained_widths(proposer: str) -> None:
     assert np.isfinite(s.proposer.losses).all()  # re-scored on val like the BO's widths
     one_multiplier = {tuple(w) for w in s.encoder.uniform(np.linspace(0.42, 1, 5000))}
     on_line = [tuple(s.encoder.to_widths([c])[0]) in one_multiplier for c in sum(trained, [])]
-    assert all(on_line) if proposer != "random" else not all(on_line)
+    assert all(on_line) if proposer in ("uniform", "users") else not all(on_line)
     if proposer == "users":
         expected = [list(s.encoder.configs(s.encoder.uniform(np.asarray(r))))
                     for r in ([0.6, 0.9], [0.6, 0.9])]
@@ -195,7 +197,7 @@ def test_slim_trains_one_multiplier_and_two_stage_per_group_widths() -> None:
         assert len(s.proposer.history) <= 6  # the widths of steps 0 and 2
 
 
-@pytest.mark.parametrize("proposer", ["bo", "random"])
+@pytest.mark.parametrize("proposer", ["bo", "nsga2", "random"])
 def test_killed_joslim_run_resumes_exactly(data_root: Path, tmp_path: Path, proposer: str) -> None:
     config = joslim_config(data_root, proposer=proposer)
     config["optim"]["epochs"] = 1  # 4 steps, updates at steps 0 and 2

@@ -43,6 +43,7 @@ from ..errors import WidthSearchError
 from ..space import WidthConfig
 from .bn import bn_modules, bn_state, load_bn_state
 from .distributed import is_distributed
+from .nsga2_proposer import NSGA2Proposer
 from .proposers import (
     JoslimProposer,
     RandomProposer,
@@ -211,15 +212,16 @@ class Joslim(_HistoryStrategy):
     about `widths_total` widths over the run, at least `tau_min` steps apart), the first
     `prior_points` proposals one-multiplier widths, b / beta the scalarization's ideal point
     and confidence width, lo the smallest multiplier, cost "macs" | "params" | "memory";
-    proposer "bo" (the Bayesian optimizer) or, for an ablation with the same training and
-    re-scoring, "random" (per-group widths) or "uniform" (one multiplier)."""
+    proposer "bo" (the Bayesian optimizer) or, with the same training and re-scoring,
+    "nsga2" (pymoo's NSGA-II, generations of `population` widths), "random" (per-group
+    widths) or "uniform" (one multiplier)."""
 
     name = "joslim"
     defaults: ClassVar[dict[str, Any]] = {
         **_HistoryStrategy.defaults, "prior_points": 20, "b": -3.0, "beta": 0.1,
-        "proposer": "bo",
+        "proposer": "bo", "population": 16,
     }
-    proposers: ClassVar[tuple[str, ...]] = ("bo", "random", "uniform")
+    proposers: ClassVar[tuple[str, ...]] = ("bo", "nsga2", "random", "uniform")
 
     def _validate(self) -> None:
         super()._validate()
@@ -233,9 +235,12 @@ class Joslim(_HistoryStrategy):
             raise WidthSearchError(f"option proposer must be one of {', '.join(self.proposers)},"
                                    f" got {o['proposer']!r}")
         self.proposer_name = str(o["proposer"])
+        self.population = _check_int("population", o["population"], 2)
         self.updates = 0
 
     def make_proposer(self, encoder: WidthEncoder, cost_fn: Any) -> WidthOptimizer:
+        if self.proposer_name == "nsga2":
+            return NSGA2Proposer(encoder, cost_fn, population=self.population, seed=self.seed)
         if self.proposer_name != "bo":
             return RandomProposer(encoder, cost_fn, uniform=self.proposer_name == "uniform",
                                   seed=self.seed)
