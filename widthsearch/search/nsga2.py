@@ -19,9 +19,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import WidthSearchError
+from ..pymoo_state import population_state, restore_population, rng_state, set_rng_state
 from ..sampling import sample_indices_at
 from .base import Searcher
 from .budgets import Target
+
+POPULATION_KEYS = ("X", "F", "G")
+"""What a generation's state keeps of each individual, besides rank and crowding."""
 
 
 class NSGA2(Searcher):
@@ -122,17 +126,9 @@ class NSGA2(Searcher):
         return idx[:, self.searchable].astype(float)
 
     def _restore(self, state: dict[str, Any]) -> Any:
-        from pymoo.core.population import Population
-
         algorithm = self._build(None)
-        algorithm.random_state.bit_generator.state = state["rng"]
-        pop = Population.new("X", np.array(state["X"], dtype=float))
-        pop.set("F", np.array(state["F"]), "G", np.array(state["G"]))
-        pop.set("rank", np.array(state["rank"]), "crowding", np.array(state["crowding"]))
-        algorithm.pop = pop
-        algorithm.is_initialized = True
-        algorithm.n_iter = int(state["n_iter"])
-        algorithm._set_optimum()
+        set_rng_state(algorithm, state["rng"])
+        restore_population(algorithm, state, POPULATION_KEYS)
         return algorithm
 
     def step(self, k: int, state: dict[str, Any]) -> dict[str, Any]:
@@ -145,24 +141,9 @@ class NSGA2(Searcher):
             algorithm.evaluator.eval(algorithm.problem, infills, algorithm=algorithm)
             algorithm.tell(infills=infills)
         self._algorithm_k = k + 1
-        pop = algorithm.pop
-        return {
-            "X": pop.get("X").tolist(), "F": pop.get("F").tolist(), "G": pop.get("G").tolist(),
-            "rank": pop.get("rank").tolist(), "crowding": _finite(pop.get("crowding")),
-            "n_iter": int(algorithm.n_iter), "rng": _rng_to_json(
-                algorithm.random_state.bit_generator.state),
-            "stalled": infills is None,
-        }
+        return {**population_state(algorithm, POPULATION_KEYS), "rng": rng_state(algorithm),
+                "stalled": infills is None}
 
     def done(self, state: dict[str, Any]) -> bool:
         return bool(state.get("stalled"))
 
-
-def _finite(values: np.ndarray) -> list[float]:
-    """Crowding distances are infinite at the ends of a front; JSON has no infinity."""
-    return [1e300 if v == np.inf else float(v) for v in np.asarray(values, dtype=float)]
-
-
-def _rng_to_json(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: (_rng_to_json(v) if isinstance(v, dict) else int(v) if isinstance(v, np.integer)
-                else v) for k, v in state.items()}

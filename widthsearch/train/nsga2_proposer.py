@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import WidthSearchError
+from ..pymoo_state import population_state, restore_population, rng_state, set_rng_state
 from .proposers import CostFn, WidthEncoder, WidthOptimizer, _rand
 
 
@@ -41,7 +42,7 @@ class NSGA2Proposer(WidthOptimizer):
         self.population, self.seed = int(population), int(seed)
         self.full_cost = float(cost_fn(encoder.full()[None, :])[0]) or 1.0
         self.algorithm = self._build()
-        self.rng_before_ask: dict[str, Any] = _json_rng(self.algorithm.random_state.bit_generator.state)
+        self.rng_before_ask: dict[str, Any] = {}  # set when a generation is asked for
         self.batch = np.zeros((0, encoder.num_dims))  # the generation being handed out
         self.handed = 0
         self.generations = 0  # generations told to pymoo
@@ -97,7 +98,7 @@ class NSGA2Proposer(WidthOptimizer):
                                           algorithm=self.algorithm)
             self.algorithm.tell(infills=infills)
             self.generations += 1
-        self.rng_before_ask = _json_rng(self.algorithm.random_state.bit_generator.state)
+        self.rng_before_ask = rng_state(self.algorithm)
         infills = self.algorithm.ask()
         self.batch = (np.zeros((0, self.encoder.num_dims)) if infills is None
                       else np.asarray(infills.get("X"), dtype=np.float64))
@@ -121,42 +122,26 @@ class NSGA2Proposer(WidthOptimizer):
 
     def state_dict(self) -> dict[str, Any]:
         a = self.algorithm
-        pop = None
-        if a.is_initialized:
-            pop = {k: np.asarray(a.pop.get(k), dtype=np.float64).tolist()
-                   for k in ("X", "F", "rank")}
-            pop["crowding"] = [1e300 if v == np.inf else float(v)
-                               for v in np.asarray(a.pop.get("crowding"), dtype=np.float64)]
+        pop = population_state(a) if a.is_initialized else None
         return {**super().state_dict(), "population": self.population, "pop": pop,
-                "n_iter": int(a.n_iter or 0), "rng_before_ask": self.rng_before_ask,
+                "rng_before_ask": self.rng_before_ask,
                 "batch": self.batch.tolist(), "handed": self.handed,
                 "generations": self.generations}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        from pymoo.core.population import Population
-
         super().load_state_dict(state)
         self.algorithm = a = self._build()
-        if state["pop"] is not None:
-            pop = Population.new("X", np.asarray(state["pop"]["X"], dtype=np.float64))
-            pop.set("F", np.asarray(state["pop"]["F"]), "rank", np.asarray(state["pop"]["rank"]),
-                    "crowding", np.asarray(state["pop"]["crowding"]))
-            a.pop, a.is_initialized, a.n_iter = pop, True, int(state["n_iter"])
-            a._set_optimum()  # the objectives as told, not re-evaluated with newer losses
+        if state["pop"] is not None:  # the objectives as told, not re-scored with newer losses
+            restore_population(a, state["pop"])
         self.rng_before_ask = dict(state["rng_before_ask"])
         self.batch = np.asarray(state["batch"], dtype=np.float64).reshape(-1, self.encoder.num_dims)
         self.handed = int(state["handed"])
         self.generations = int(state["generations"])
         if len(self.batch):  # ask again: the same generation must come back
-            a.random_state.bit_generator.state = dict(self.rng_before_ask)
+            set_rng_state(a, self.rng_before_ask)
             again = a.ask()
             x = np.zeros((0,)) if again is None else np.asarray(again.get("X"))
             if x.shape != self.batch.shape or not np.allclose(x, self.batch):
                 raise WidthSearchError("the nsga2 proposer's state does not reproduce its "
                                        "generation (another pymoo version?)")
 
-
-def _json_rng(state: Mapping[str, Any]) -> dict[str, Any]:
-    """numpy's bit-generator state as plain Python values (checkpoints hold no pickles)."""
-    return {k: (_json_rng(v) if isinstance(v, Mapping) else int(v)
-                if isinstance(v, np.integer) else v) for k, v in state.items()}
