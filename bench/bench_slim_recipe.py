@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_joslim_accuracy import BUDGETS, pct
 
 import widthsearch as ws
 from widthsearch.cli import main as cli
 from widthsearch.safeio import atomic_write_text
 
-BUDGETS = (0.25, 0.5, 0.75, 1.0)
 RECIPE = ("model.name=resnet20", "data.subset=5000", "data.val_size=1000", "optim.epochs=2",
           "train.threads=1", "train.seed=0", "train.eval_max_batches=2",
           "train.checkpoint_every_steps=0", "strategy.name=slim", "supernet.pattern=leftmost",
@@ -58,7 +58,7 @@ def run_variant(work: Path, name: str, options: tuple[str, ...]) -> dict[str, An
     at_budget = {}
     for b in BUDGETS:
         fits = [lv["val_accuracy"] for lv in levels if lv["macs_ratio"] <= b + 1e-9]
-        at_budget[f"{round(100 * b)}%"] = max(fits) if fits else None
+        at_budget[pct(b)] = max(fits) if fits else None
     return {"options": list(options), "levels": levels, "val_at_budget": at_budget,
             "seconds": round(time.perf_counter() - start, 1)}
 
