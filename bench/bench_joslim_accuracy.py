@@ -9,6 +9,8 @@ run. Per model:
 1. one training run per strategy (`widthsearch train --set strategy.name=...`): slim,
    two-stage, and joslim once per cost objective (MACs; peak memory), since Joslim's
    proposals aim at that cost; slim and two-stage train without a cost and serve both;
+   `--proposers bo nsga2 random` adds a joslim run per other proposer
+   (`strategy.options.proposer`), the same training with the BO swapped out;
 2. `widthsearch slimmable RUN_DIR --metric COST` per run and objective: the levels are
    peeled, recalibrated and kept on VAL;
 3. the TEST split, once per level, after every choice was made on val: the accuracy of the
@@ -78,7 +80,7 @@ class Bench:
 
     # -- stages ---------------------------------------------------------------------------
     def train(self, model: str, run_name: str) -> dict[str, Any]:
-        """One strategy's training run (joslim-<cost> names Joslim's cost objective)."""
+        """One strategy's training run (`run_names` says what each name trains)."""
         store = self.results["models"].setdefault(model, {}).setdefault("runs", {})
         run = self.work(model) / run_name
         if run_name in store and (run / WEIGHTS_FILE).is_file():
@@ -88,8 +90,10 @@ class Bench:
         options = [f"strategy.name={strategy}", "supernet.pattern=leftmost",
                    f"strategy.options.tau={a.tau}"]  # one re-scoring schedule for all
         if strategy == "joslim":
+            _, cost, *proposer = run_name.split("-")
             options += [f"strategy.options.prior_points={a.prior_points}",
-                        f"strategy.options.cost={run_name.split('-', 1)[1]}"]
+                        f"strategy.options.cost={cost}",
+                        f"strategy.options.proposer={proposer[0] if proposer else 'bo'}"]
         shutil.rmtree(run, ignore_errors=True)
         self.log(f"{model}: training {run_name}")
         start = time.perf_counter()
@@ -102,7 +106,7 @@ class Bench:
 
     def slimmable(self, model: str, run_name: str, metric: str) -> dict[str, Any]:
         key = f"{run_name}@{metric}"
-        store = self.results["models"][model].setdefault("slimmable", {})
+        store = self.results["models"].setdefault(model, {}).setdefault("slimmable", {})
         if key in store:
             return store[key]
         self.train(model, run_name)
@@ -129,7 +133,7 @@ class Bench:
             fits = [lv for lv in levels if lv["ratio"] <= b + 1e-9]
             best = max(fits, key=lambda lv: lv["val_accuracy"]) if fits else None
             at_budget[pct(b)] = best
-        store[key] = {"strategy": strategy_of(run_name), "metric": metric, "levels": levels,
+        store[key] = {"strategy": method_of(run_name), "metric": metric, "levels": levels,
                       "at_budget": at_budget, "build_seconds": round(build_s, 1)}
         self.save()
         return store[key]
@@ -137,7 +141,7 @@ class Bench:
     def uniform(self, model: str, metric: str, parent: str) -> dict[str, Any]:
         """Per budget, the uniform multiplier with the most `metric` within it, retrained;
         of multipliers with equal `metric` (peak memory moves in steps), the largest."""
-        store = self.results["models"][model].setdefault("uniform", {}).setdefault(metric, {})
+        store = self.results["models"].setdefault(model, {}).setdefault("uniform", {}).setdefault(metric, {})
         if all(pct(b) in store for b in BUDGETS):
             return store
         self.train(model, parent)  # its config and width space; the retrain starts afresh
@@ -186,8 +190,23 @@ def mean_accuracy(levels: list[dict[str, Any]]) -> tuple[float, float]:
     return lo, area_under_curve(ratios, tests, lo, 1.0) / (1.0 - lo)
 
 
+def run_names(metric: str, proposers: list[str]) -> list[str]:
+    """The training runs read for one cost objective: slim, two-stage, `joslim-<cost>` (the
+    BO proposer) and `joslim-<cost>-<proposer>` per other proposer."""
+    return ["slim", "two-stage", f"joslim-{metric}",
+            *(f"joslim-{metric}-{p}" for p in proposers if p != "bo")]
+
+
 def strategy_of(run_name: str) -> str:
     return "joslim" if run_name.startswith("joslim-") else run_name
+
+
+def method_of(run_name: str) -> str:
+    """The name results are reported under: the strategy, and a non-BO proposer after it
+    (`joslim-random`)."""
+    parts = run_name.split("-")
+    return f"joslim-{parts[2]}" if strategy_of(run_name) == "joslim" and len(parts) > 2 \
+        else strategy_of(run_name)
 
 
 def pct(b: float) -> str:
@@ -195,8 +214,8 @@ def pct(b: float) -> str:
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("models", "objectives", "subset", "val", "epochs", "tau", "prior_points", "seed",
-            "recal_batches", "lr", "threads", "channels_last")
+    keys = ("models", "objectives", "proposers", "subset", "val", "epochs", "tau",
+            "prior_points", "seed", "recal_batches", "lr", "threads", "channels_last")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -273,6 +292,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench-joslim"))
     parser.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2"])
     parser.add_argument("--objectives", nargs="+", default=["macs", "memory"])
+    parser.add_argument("--proposers", nargs="+", default=["bo"],
+                        choices=["bo", "nsga2", "random", "uniform"],
+                        help="joslim's width proposers to train and compare (bo is always run)")
     parser.add_argument("--subset", type=int, default=6000)
     parser.add_argument("--val", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=2)
@@ -290,7 +312,7 @@ def main() -> None:
     bench = Bench(args)
     for model in args.models:
         for metric in args.objectives:  # each stage trains the runs it reads, when missing
-            for run in ("slim", "two-stage", f"joslim-{metric}"):
+            for run in run_names(metric, args.proposers):
                 bench.slimmable(model, run, metric)
             bench.uniform(model, metric, parent="slim")
         results = bench.results["models"][model]
