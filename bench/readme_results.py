@@ -5,8 +5,8 @@
 Reads bench/results/search.json (searched widths vs the uniform multiplier, TEST split,
 mean over seeds and the paired difference) and bench/results/joslim-accuracy-*.json (TEST
 accuracy of each slimmable file's best level within a MACs or memory budget, and of
-uniform models trained per budget). Both runs are scaled
-down for a shared 2-core machine; bench/README.md says how.
+uniform models trained per budget; and their summaries over seeds, bench/joslim_seeds.py).
+Both runs are scaled down for a shared 2-core machine; bench/README.md says how.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 JOSLIM_RUNS = ("resnet20", "resnet20-short", "mobilenetv2", "mobilenetv2-memory")
 """bench/results/joslim-accuracy-<name>.json files shown, in this order."""
+SEED_SUMMARIES = ("resnet20-short-seeds",)
+"""bench/results/joslim-accuracy-<name>.json summaries over seeds (bench/joslim_seeds.py)."""
 BEGIN, END = "<!-- results: begin (bench/readme_results.py) -->", "<!-- results: end -->"
 
 
@@ -35,6 +37,14 @@ def _search_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _row_order(slim: dict[str, Any]) -> tuple:
+    """MACs before other costs; slim, two-stage, joslim, then joslim's other proposers."""
+    methods = ("slim", "two-stage", "joslim")
+    strategy = slim["strategy"]
+    return (slim["metric"] != "macs", slim["metric"],
+            methods.index(strategy) if strategy in methods else len(methods), strategy)
+
+
 def _slimmable_table(models: dict[str, Any]) -> list[str]:
     """Per model and cost objective: each strategy's best level within each budget, its
     mean over 25-100% of the cost, and the uniform models trained per budget."""
@@ -46,7 +56,7 @@ def _slimmable_table(models: dict[str, Any]) -> list[str]:
         return "-" if entry is None else f"{100 * entry['test_accuracy']:.2f}"
 
     for model, result in models.items():
-        for slim in result.get("slimmable", {}).values():
+        for slim in sorted(result.get("slimmable", {}).values(), key=_row_order):
             cells = [cell(slim["at_budget"].get(b)) for b in budgets]
             compared = result["comparison"][slim["metric"]]
             mean = compared["area"][slim["strategy"]]
@@ -60,10 +70,45 @@ def _slimmable_table(models: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _mean_cell(row: dict[str, Any], signed: bool = False) -> str:
+    """mean ± std; a paired difference (`signed`) also shows each seed's value."""
+    text = f"{row['mean']:+.2f}" if signed else f"{row['mean']:.2f}"
+    text += "" if row["std"] is None else f" ± {row['std']:.2f}"
+    return text + (f" ({', '.join(f'{v:+.2f}' for v in row['per_seed'])})" if signed else "")
+
+
+def _seeds_tables(summary: dict[str, Any]) -> list[str]:
+    """Mean accuracy over the costs per method, joslim's paired difference to each, and
+    joslim against the uniform model per budget, all over the summary's seeds."""
+    n = len(summary["seeds"])
+    area = ["| model | cost | method | mean accuracy over the costs | joslim - method, paired |",
+            "|---|---|---|---:|---:|"]
+    budget = ["| model | cost | budget | joslim | uniform, trained per budget | "
+              "joslim - uniform, paired |", "|---|---|---|---:|---:|---:|"]
+    for model, objectives in summary["models"].items():
+        for metric, result in objectives.items():
+            for method, row in result["area"].items():
+                paired = result["paired"].get(f"joslim - {method}")
+                area.append(f"| {model} | {metric} | {method} | {_mean_cell(row)} | "
+                            f"{'-' if paired is None else _mean_cell(paired, signed=True)} |")
+            for b, row in result["at_budget"].items():
+                if "joslim" not in row or "uniform" not in row:
+                    continue
+                budget.append(f"| {model} | {metric} | {b} | {_mean_cell(row['joslim'])} | "
+                              f"{_mean_cell(row['uniform'])} | "
+                              f"{_mean_cell(row['joslim - uniform'], signed=True)} |")
+    header = (f"Over {n} seeds ({', '.join(map(str, summary['seeds']))}; mean ± standard "
+              "deviation in points; paired = the difference taken seed by seed, each seed's in "
+              "brackets):")
+    return [header, "", *area, "", *budget]
+
+
 def render() -> str:
     search = json.loads((RESULTS / "search.json").read_text())
     joslim = [json.loads((RESULTS / f"joslim-accuracy-{name}.json").read_text())
               for name in JOSLIM_RUNS]
+    seeds = [json.loads((RESULTS / f"joslim-accuracy-{name}.json").read_text())
+             for name in SEED_SUMMARIES]
     settings = search.get("settings", {})
     parts = [
         BEGIN,
@@ -81,6 +126,10 @@ def render() -> str:
         "recipe; bench/README.md says what each recipe is):",
         *(line for run in joslim for line in ("", f"`{run['command']}`", "",
                                                *_slimmable_table(run["models"]))),
+        *(line for summary in seeds for line in (
+            "", "One recipe over seeds, one results file per seed:", "",
+            *(f"- `{c}`" for c in summary["commands"]),
+            "", f"and summarized by `{summary['command']}`.", "", *_seeds_tables(summary))),
         END,
     ]
     return "\n".join(parts)

@@ -1,0 +1,63 @@
+"""bench/joslim_seeds.py: means, spreads and paired differences over seeds, one recipe only."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def seeds() -> Any:
+    spec = importlib.util.spec_from_file_location("joslim_seeds", ROOT / "bench" / "joslim_seeds.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def results(seed: int, joslim: float, slim: float, uniform: float, **settings: Any) -> dict:
+    """One bench_joslim_accuracy results file with one objective and one budget."""
+    cell = {"ratio": 0.5, "test_accuracy": joslim}
+    return {
+        "command": f"bench --seed {seed}",
+        "settings": {"seed": seed, "epochs": 2, "threads": 1, **settings},
+        "models": {"resnet20": {
+            "comparison": {"macs": {"area": {"joslim": joslim, "slim": slim},
+                                    "area_from": 0.25}},
+            "slimmable": {
+                "joslim-macs@macs": {"strategy": "joslim", "metric": "macs",
+                                     "at_budget": {"50%": cell}},
+                "slim@macs": {"strategy": "slim", "metric": "macs",
+                              "at_budget": {"50%": {"ratio": 0.5, "test_accuracy": slim}}}},
+            "uniform": {"macs": {"50%": {"ratio": 0.5, "test_accuracy": uniform}}},
+        }},
+    }
+
+
+def test_paired_differences_are_taken_seed_by_seed(seeds: Any) -> None:
+    summary = seeds.summarize([results(0, 0.70, 0.68, 0.71), results(1, 0.60, 0.61, 0.66),
+                               results(2, 0.65, 0.62, 0.66, threads=2)])
+    macs = summary["models"]["resnet20"]["macs"]
+    assert summary["seeds"] == [0, 1, 2]
+    assert macs["area"]["joslim"]["per_seed"] == [70.0, 60.0, 65.0]
+    assert macs["area"]["joslim"]["mean"] == pytest.approx(65.0)
+    assert macs["area"]["joslim"]["std"] == pytest.approx(5.0)
+    assert macs["paired"]["joslim - slim"]["per_seed"] == [2.0, -1.0, 3.0]
+    assert macs["paired"]["joslim - slim"]["mean"] == pytest.approx(4 / 3, abs=0.01)
+    at_half = macs["at_budget"]["50%"]
+    assert at_half["joslim - uniform"]["per_seed"] == [-1.0, -6.0, -1.0]
+    assert at_half["uniform"]["min"] == 66.0 and at_half["uniform"]["max"] == 71.0
+
+
+def test_files_of_different_recipes_or_one_seed_are_refused(seeds: Any) -> None:
+    with pytest.raises(ValueError, match="not one recipe"):
+        seeds.summarize([results(0, 0.7, 0.6, 0.7), results(1, 0.7, 0.6, 0.7, epochs=3)])
+    with pytest.raises(ValueError, match="share a seed"):
+        seeds.summarize([results(0, 0.7, 0.6, 0.7), results(0, 0.7, 0.6, 0.7)])
+    with pytest.raises(ValueError, match="at least two"):
+        seeds.summarize([results(0, 0.7, 0.6, 0.7)])
