@@ -86,14 +86,13 @@ class Bench:
         if run_name in store and (run / WEIGHTS_FILE).is_file():
             return store[run_name]
         a = self.args
-        strategy = strategy_of(run_name)
+        strategy, cost, proposer = parse_run(run_name)
         options = [f"strategy.name={strategy}", "supernet.pattern=leftmost",
                    f"strategy.options.tau={a.tau}"]  # one re-scoring schedule for all
         if strategy == "joslim":
-            _, cost, *proposer = run_name.split("-")
             options += [f"strategy.options.prior_points={a.prior_points}",
                         f"strategy.options.cost={cost}",
-                        f"strategy.options.proposer={proposer[0] if proposer else 'bo'}"]
+                        f"strategy.options.proposer={proposer or 'bo'}"]
         shutil.rmtree(run, ignore_errors=True)
         self.log(f"{model}: training {run_name}")
         start = time.perf_counter()
@@ -197,16 +196,19 @@ def run_names(metric: str, proposers: list[str]) -> list[str]:
             *(f"joslim-{metric}-{p}" for p in proposers if p != "bo")]
 
 
-def strategy_of(run_name: str) -> str:
-    return "joslim" if run_name.startswith("joslim-") else run_name
+def parse_run(run_name: str) -> tuple[str, str | None, str | None]:
+    """(strategy, joslim's cost, joslim's proposer other than BO) of a `run_names` name."""
+    if not run_name.startswith("joslim-"):
+        return run_name, None, None
+    _, cost, *proposer = run_name.split("-")
+    return "joslim", cost, proposer[0] if proposer else None
 
 
 def method_of(run_name: str) -> str:
     """The name results are reported under: the strategy, and a non-BO proposer after it
     (`joslim-random`)."""
-    parts = run_name.split("-")
-    return f"joslim-{parts[2]}" if strategy_of(run_name) == "joslim" and len(parts) > 2 \
-        else strategy_of(run_name)
+    strategy, _, proposer = parse_run(run_name)
+    return f"{strategy}-{proposer}" if proposer else strategy
 
 
 def pct(b: float) -> str:
@@ -293,8 +295,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2"])
     parser.add_argument("--objectives", nargs="+", default=["macs", "memory"])
     parser.add_argument("--proposers", nargs="+", default=["bo"],
-                        choices=["bo", "nsga2", "random", "uniform"],
-                        help="joslim's width proposers to train and compare (bo is always run)")
+                        choices=["bo", "nsga2", "random"],
+                        help="joslim's width proposers to train and compare (bo is always run; the "
+                             "uniform proposer is slim's sampling, which slim already runs)")
     parser.add_argument("--subset", type=int, default=6000)
     parser.add_argument("--val", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=2)

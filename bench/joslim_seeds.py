@@ -3,15 +3,15 @@
     python bench/joslim_seeds.py bench/results/joslim-accuracy-resnet20-short.json \
         bench/results/joslim-accuracy-resnet20-short-seed1.json \
         bench/results/joslim-accuracy-resnet20-short-seed2.json \
-        --out bench/results/joslim-accuracy-resnet20-short-seeds.json
+        --out bench/results/joslim-seeds-resnet20-short.json
 
 One seed moves TEST accuracy by up to a point on these short recipes, so a single run can
-neither show nor refute a gain. The files must be one recipe (every setting equal but the
-seed, the proposers and the thread count); only what every file holds is summarized. Per model
-and cost objective:
+neither show nor refute a gain. The files must be one recipe: every setting equal except
+those in `RECIPE_FREE`, and one cost range per objective. Only what every file holds is
+summarized; the rest is listed under `dropped`. Per model and cost objective:
 
 - `area`: each method's mean TEST accuracy over the cost range (bench_joslim_accuracy's
-  `mean_accuracy`), per seed, with mean, standard deviation (n - 1) and range;
+  `mean_accuracy`), per seed, with mean, sample standard deviation and range;
 - `paired`: joslim (the BO proposer) minus each other method, seed by seed, the same way;
 - `at_budget`: per budget, each method's TEST accuracy and the uniform model trained there,
   and joslim minus uniform paired by seed (the 0.5-point target).
@@ -26,17 +26,18 @@ from pathlib import Path
 from typing import Any
 
 RECIPE_FREE = {"seed", "proposers", "threads", "models", "objectives"}
-"""Settings that may differ between the files of one recipe: what is being varied, how many
-runs each file holds, and the thread count (it moves timings, not the recipe)."""
+"""Settings that may differ between the files of one recipe: the seed, which runs a file
+holds (only the shared ones are summarized), and the thread count (it moves timings)."""
 REFERENCE = "joslim"
 
 
 def spread(values: list[float]) -> dict[str, Any]:
-    """Values in points, their mean, sample standard deviation and range."""
-    points = [round(100 * v, 2) for v in values]
-    return {"per_seed": points, "mean": round(statistics.fmean(points), 2),
-            "std": round(statistics.stdev(points), 2) if len(points) > 1 else None,
-            "min": min(points), "max": max(points)}
+    """Accuracies (fractions) in points: each, their mean, sample standard deviation, range."""
+    points = [100 * v for v in values]
+    return {"per_seed": [round(p, 2) for p in points],
+            "mean": round(statistics.fmean(points), 2),
+            "std": round(statistics.stdev(points), 2),
+            "min": round(min(points), 2), "max": round(max(points), 2)}
 
 
 def recipe(results: dict[str, Any]) -> dict[str, Any]:
@@ -53,22 +54,37 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for run in runs[1:]:
         if recipe(run) != recipe(runs[0]):
             raise ValueError(f"the files are not one recipe: {recipe(runs[0])} vs {recipe(run)}")
+    dropped: list[str] = []
     models: dict[str, Any] = {}
-    shared_models = set.intersection(*(set(run["models"]) for run in runs))
-    for model in sorted(shared_models):
+    for model in _shared([list(run["models"]) for run in runs], "model", dropped):
         per_seed = [run["models"][model] for run in runs]
-        metrics = set.intersection(*(set(r.get("comparison", {})) for r in per_seed))
-        models[model] = {metric: _objective(per_seed, metric) for metric in sorted(metrics)}
+        metrics = _shared([list(r.get("comparison", {})) for r in per_seed],
+                          f"{model}: objective", dropped)
+        models[model] = {metric: _objective(per_seed, metric, f"{model}, {metric}", dropped)
+                         for metric in metrics}
     return {"seeds": seeds, "recipe": recipe(runs[0]),
-            "commands": [run["command"] for run in runs], "models": models}
+            "commands": [run["command"] for run in runs], "models": models, "dropped": dropped}
 
 
-def _objective(per_seed: list[dict[str, Any]], metric: str) -> dict[str, Any]:
-    areas = [r["comparison"][metric]["area"] for r in per_seed]
-    shared = [m for m in areas[0] if all(m in a for a in areas)]
-    methods = sorted(shared, key=lambda m: m != REFERENCE)  # joslim first, then as run
+def _shared(names: list[list[str]], what: str, dropped: list[str]) -> list[str]:
+    """Names every seed has, in the first seed's order (joslim first); the others are noted."""
+    everywhere = set.intersection(*map(set, names))
+    for name in sorted(set().union(*names) - everywhere):
+        dropped.append(f"{what} {name}: not in every seed's file")
+    order = list(dict.fromkeys(n for seed in names for n in seed if n in everywhere))
+    return sorted(order, key=lambda n: n != REFERENCE)
+
+
+def _objective(per_seed: list[dict[str, Any]], metric: str, where: str,
+               dropped: list[str]) -> dict[str, Any]:
+    compared = [r["comparison"][metric] for r in per_seed]
+    area_from = {c["area_from"] for c in compared}
+    if len(area_from) > 1:
+        raise ValueError(f"{where}: the seeds average over different cost ranges {area_from}")
+    areas = [c["area"] for c in compared]
+    methods = _shared([list(a) for a in areas], f"{where}: method", dropped)
     out: dict[str, Any] = {
-        "area_from": [r["comparison"][metric]["area_from"] for r in per_seed],
+        "area_from": area_from.pop(),
         "area": {m: spread([a[m] for a in areas]) for m in methods},
         "paired": {f"{REFERENCE} - {m}": spread([a[REFERENCE] - a[m] for a in areas])
                    for m in methods if m != REFERENCE and REFERENCE in methods},
@@ -76,22 +92,22 @@ def _objective(per_seed: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     levels = [{s["strategy"]: s["at_budget"] for s in r["slimmable"].values()
                if s["metric"] == metric} for r in per_seed]
     uniform = [r.get("uniform", {}).get(metric, {}) for r in per_seed]
-    budgets: dict[str, Any] = {}
-    for budget in levels[0].get(REFERENCE, {}):
+    budgets = dict.fromkeys([*(b for lv in levels for at in lv.values() for b in at),
+                             *(b for u in uniform for b in u)])
+    out["at_budget"] = {}
+    for budget in budgets:
         row: dict[str, Any] = {}
-        for method in methods:
-            cells = [lv.get(method, {}).get(budget) for lv in levels]
+        for method, cells in [*((m, [lv.get(m, {}).get(budget) for lv in levels])
+                                for m in methods), ("uniform", [u.get(budget) for u in uniform])]:
             if all(cells):
                 row[method] = spread([c["test_accuracy"] for c in cells])
-        refs = [u.get(budget) for u in uniform]
-        if all(refs):
-            row["uniform"] = spread([c["test_accuracy"] for c in refs])
-            if REFERENCE in row:
-                row[f"{REFERENCE} - uniform"] = spread(
-                    [lv[REFERENCE][budget]["test_accuracy"] - ref["test_accuracy"]
-                     for lv, ref in zip(levels, refs)])
-        budgets[budget] = row
-    out["at_budget"] = budgets
+            elif any(cells):
+                dropped.append(f"{where}, {budget}: {method} has no level in some seeds")
+        if REFERENCE in row and "uniform" in row:
+            row[f"{REFERENCE} - uniform"] = spread(
+                [lv[REFERENCE][budget]["test_accuracy"] - u[budget]["test_accuracy"]
+                 for lv, u in zip(levels, uniform, strict=True)])
+        out["at_budget"][budget] = row
     return out
 
 
@@ -100,10 +116,18 @@ def main() -> int:
     parser.add_argument("results", nargs="+", type=Path, help="one results file per seed")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    runs = []
+    for path in args.results:
+        try:
+            runs.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as err:
+            parser.error(f"{path}: {err}")
     try:
-        summary = summarize([json.loads(path.read_text()) for path in args.results])
-    except (OSError, ValueError, KeyError) as err:
+        summary = summarize(runs)
+    except ValueError as err:
         parser.error(str(err))
+    except KeyError as err:
+        parser.error(f"a results file lacks {err}: is it bench_joslim_accuracy.py's output?")
     summary["command"] = " ".join(["python bench/joslim_seeds.py", *map(str, args.results),
                                    "--out", str(args.out)])
     args.out.write_text(json.dumps(summary, indent=1) + "\n")

@@ -5,7 +5,8 @@
 Reads bench/results/search.json (searched widths vs the uniform multiplier, TEST split,
 mean over seeds and the paired difference) and bench/results/joslim-accuracy-*.json (TEST
 accuracy of each slimmable file's best level within a MACs or memory budget, and of
-uniform models trained per budget; and their summaries over seeds, bench/joslim_seeds.py).
+uniform models trained per budget) and bench/results/joslim-seeds-*.json (their summaries
+over seeds, bench/joslim_seeds.py).
 Both runs are scaled down for a shared 2-core machine; bench/README.md says how.
 """
 
@@ -20,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 JOSLIM_RUNS = ("resnet20", "resnet20-short", "mobilenetv2", "mobilenetv2-memory")
 """bench/results/joslim-accuracy-<name>.json files shown, in this order."""
-SEED_SUMMARIES = ("resnet20-short-seeds",)
-"""bench/results/joslim-accuracy-<name>.json summaries over seeds (bench/joslim_seeds.py)."""
+SEED_SUMMARIES = ("resnet20-short",)
+"""bench/results/joslim-seeds-<name>.json: summaries over seeds (bench/joslim_seeds.py)."""
 BEGIN, END = "<!-- results: begin (bench/readme_results.py) -->", "<!-- results: end -->"
 
 
@@ -37,7 +38,7 @@ def _search_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _row_order(slim: dict[str, Any]) -> tuple:
+def _row_order(slim: dict[str, Any]) -> tuple[bool, str, int, str]:
     """MACs before other costs; slim, two-stage, joslim, then joslim's other proposers."""
     methods = ("slim", "two-stage", "joslim")
     strategy = slim["strategy"]
@@ -73,7 +74,7 @@ def _slimmable_table(models: dict[str, Any]) -> list[str]:
 def _mean_cell(row: dict[str, Any], signed: bool = False) -> str:
     """mean ± std; a paired difference (`signed`) also shows each seed's value."""
     text = f"{row['mean']:+.2f}" if signed else f"{row['mean']:.2f}"
-    text += "" if row["std"] is None else f" ± {row['std']:.2f}"
+    text += f" ± {row['std']:.2f}"
     return text + (f" ({', '.join(f'{v:+.2f}' for v in row['per_seed'])})" if signed else "")
 
 
@@ -107,7 +108,7 @@ def render() -> str:
     search = json.loads((RESULTS / "search.json").read_text())
     joslim = [json.loads((RESULTS / f"joslim-accuracy-{name}.json").read_text())
               for name in JOSLIM_RUNS]
-    seeds = [json.loads((RESULTS / f"joslim-accuracy-{name}.json").read_text())
+    seeds = [json.loads((RESULTS / f"joslim-seeds-{name}.json").read_text())
              for name in SEED_SUMMARIES]
     settings = search.get("settings", {})
     parts = [

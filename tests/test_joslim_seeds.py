@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def seeds() -> Any:
+def seeds() -> ModuleType:
     spec = importlib.util.spec_from_file_location("joslim_seeds", ROOT / "bench" / "joslim_seeds.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -20,7 +21,8 @@ def seeds() -> Any:
     return module
 
 
-def results(seed: int, joslim: float, slim: float, uniform: float, **settings: Any) -> dict:
+def results(seed: int, joslim: float, slim: float, uniform: float,
+            **settings: Any) -> dict[str, Any]:
     """One bench_joslim_accuracy results file with one objective and one budget."""
     cell = {"ratio": 0.5, "test_accuracy": joslim}
     return {
@@ -39,7 +41,7 @@ def results(seed: int, joslim: float, slim: float, uniform: float, **settings: A
     }
 
 
-def test_paired_differences_are_taken_seed_by_seed(seeds: Any) -> None:
+def test_paired_differences_are_taken_seed_by_seed(seeds: ModuleType) -> None:
     summary = seeds.summarize([results(0, 0.70, 0.68, 0.71), results(1, 0.60, 0.61, 0.66),
                                results(2, 0.65, 0.62, 0.66, threads=2)])
     macs = summary["models"]["resnet20"]["macs"]
@@ -52,12 +54,30 @@ def test_paired_differences_are_taken_seed_by_seed(seeds: Any) -> None:
     at_half = macs["at_budget"]["50%"]
     assert at_half["joslim - uniform"]["per_seed"] == [-1.0, -6.0, -1.0]
     assert at_half["uniform"]["min"] == 66.0 and at_half["uniform"]["max"] == 71.0
+    assert summary["dropped"] == []
 
 
-def test_files_of_different_recipes_or_one_seed_are_refused(seeds: Any) -> None:
+def test_what_one_seed_lacks_is_left_out_and_listed(seeds: ModuleType) -> None:
+    partial = results(1, 0.60, 0.61, 0.66)
+    model = partial["models"]["resnet20"]
+    del model["comparison"]["macs"]["area"]["slim"]
+    model["slimmable"]["joslim-macs@macs"]["at_budget"]["50%"] = None  # no level fits there
+    summary = seeds.summarize([results(0, 0.70, 0.68, 0.71), partial])
+    macs = summary["models"]["resnet20"]["macs"]
+    assert list(macs["area"]) == ["joslim"] and macs["paired"] == {}
+    assert list(macs["at_budget"]["50%"]) == ["uniform"]
+    assert any("method slim" in note for note in summary["dropped"])
+    assert any("joslim has no level" in note for note in summary["dropped"])
+
+
+def test_files_of_different_recipes_or_one_seed_are_refused(seeds: ModuleType) -> None:
     with pytest.raises(ValueError, match="not one recipe"):
         seeds.summarize([results(0, 0.7, 0.6, 0.7), results(1, 0.7, 0.6, 0.7, epochs=3)])
     with pytest.raises(ValueError, match="share a seed"):
         seeds.summarize([results(0, 0.7, 0.6, 0.7), results(0, 0.7, 0.6, 0.7)])
     with pytest.raises(ValueError, match="at least two"):
         seeds.summarize([results(0, 0.7, 0.6, 0.7)])
+    other_range = results(1, 0.7, 0.6, 0.7)
+    other_range["models"]["resnet20"]["comparison"]["macs"]["area_from"] = 0.3
+    with pytest.raises(ValueError, match="different cost ranges"):
+        seeds.summarize([results(0, 0.7, 0.6, 0.7), other_range])
