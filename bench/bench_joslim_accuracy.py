@@ -78,10 +78,14 @@ class Bench:
                 f"train.seed={a.seed}", f"train.channels_last={str(a.channels_last).lower()}",
                 "train.eval_max_batches=2", "train.checkpoint_every_steps=0"]
 
+    def model_results(self, model: str) -> dict[str, Any]:
+        """One model's results, created empty on a fresh results file."""
+        return self.results["models"].setdefault(model, {})
+
     # -- stages ---------------------------------------------------------------------------
     def train(self, model: str, run_name: str) -> dict[str, Any]:
         """One strategy's training run (`run_names` says what each name trains)."""
-        store = self.results["models"].setdefault(model, {}).setdefault("runs", {})
+        store = self.model_results(model).setdefault("runs", {})
         run = self.work(model) / run_name
         if run_name in store and (run / WEIGHTS_FILE).is_file():
             return store[run_name]
@@ -105,7 +109,7 @@ class Bench:
 
     def slimmable(self, model: str, run_name: str, metric: str) -> dict[str, Any]:
         key = f"{run_name}@{metric}"
-        store = self.results["models"].setdefault(model, {}).setdefault("slimmable", {})
+        store = self.model_results(model).setdefault("slimmable", {})
         if key in store:
             return store[key]
         self.train(model, run_name)
@@ -140,7 +144,7 @@ class Bench:
     def uniform(self, model: str, metric: str, parent: str) -> dict[str, Any]:
         """Per budget, the uniform multiplier with the most `metric` within it, retrained;
         of multipliers with equal `metric` (peak memory moves in steps), the largest."""
-        store = self.results["models"].setdefault(model, {}).setdefault("uniform", {}).setdefault(metric, {})
+        store = self.model_results(model).setdefault("uniform", {}).setdefault(metric, {})
         if all(pct(b) in store for b in BUDGETS):
             return store
         self.train(model, parent)  # its config and width space; the retrain starts afresh

@@ -71,8 +71,7 @@ def _shared(names: list[list[str]], what: str, dropped: list[str]) -> list[str]:
     everywhere = set.intersection(*map(set, names))
     for name in sorted(set().union(*names) - everywhere):
         dropped.append(f"{what} {name}: not in every seed's file")
-    order = list(dict.fromkeys(n for seed in names for n in seed if n in everywhere))
-    return sorted(order, key=lambda n: n != REFERENCE)
+    return sorted((n for n in names[0] if n in everywhere), key=lambda n: n != REFERENCE)
 
 
 def _objective(per_seed: list[dict[str, Any]], metric: str, where: str,
