@@ -93,6 +93,8 @@ class Bench:
         strategy, cost, proposer = parse_run(run_name)
         options = [f"strategy.name={strategy}", "supernet.pattern=leftmost",
                    f"strategy.options.tau={a.tau}"]  # one re-scoring schedule for all
+        if a.no_distill:  # narrower widths from the labels, for every strategy alike
+            options.append("strategy.options.distill=false")
         if strategy == "joslim":
             options += [f"strategy.options.prior_points={a.prior_points}",
                         f"strategy.options.cost={cost}",
@@ -183,14 +185,15 @@ class Bench:
         return self.args.work / self.args.out.stem / model
 
 
-def mean_accuracy(levels: list[dict[str, Any]]) -> tuple[float, float]:
-    """(lo, mean TEST accuracy of the step curve over [lo, 100%]), lo = max(25%, the
+def mean_accuracy(levels: list[dict[str, Any]], split: str = "test") -> tuple[float, float]:
+    """(lo, mean `split` accuracy of the step curve over [lo, 100%]), lo = max(25%, the
     cheapest level). Every strategy's cheapest level is the same smallest width (it is
     always a candidate and never dominated), so lo is shared at one cost; below it no level
     exists and counting zero there would only measure the smallest width's cost."""
-    ratios, tests = [lv["ratio"] for lv in levels], [lv["test_accuracy"] for lv in levels]
+    ratios = [lv["ratio"] for lv in levels]
+    accuracies = [lv[f"{split}_accuracy"] for lv in levels]
     lo = max(0.25, min(ratios))
-    return lo, area_under_curve(ratios, tests, lo, 1.0) / (1.0 - lo)
+    return lo, area_under_curve(ratios, accuracies, lo, 1.0) / (1.0 - lo)
 
 
 def run_names(metric: str, proposers: list[str]) -> list[str]:
@@ -221,7 +224,7 @@ def pct(b: float) -> str:
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("models", "objectives", "proposers", "subset", "val", "epochs", "tau",
-            "prior_points", "seed", "recal_batches", "lr", "threads", "channels_last")
+            "prior_points", "seed", "recal_batches", "lr", "threads", "channels_last", "no_distill")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -313,6 +316,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--channels-last", action="store_true",
                         help="train with NHWC weights (faster depthwise convolutions on CPU)")
+    parser.add_argument("--no-distill", action="store_true",
+                        help="train the narrower widths on the labels, not by in-place "
+                             "distillation from the full width (every strategy)")
     parser.add_argument("--fresh", action="store_true", help="start a new results file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -12,6 +12,8 @@ summarized; the rest is listed under `dropped`. Per model and cost objective:
 
 - `area`: each method's mean TEST accuracy over the cost range (bench_joslim_accuracy's
   `mean_accuracy`), per seed, with mean, sample standard deviation and range;
+- `val_area`: the same on VAL (the levels' own scores): what recipes are chosen by, since
+  the test split is read only to report;
 - `paired`: joslim (the BO proposer) minus each other method, seed by seed, the same way;
 - `at_budget`: per budget, each method's TEST accuracy and the uniform model trained there,
   and joslim minus uniform paired by seed (the 0.5-point target).
@@ -24,6 +26,8 @@ import json
 import statistics
 from pathlib import Path
 from typing import Any
+
+from bench_joslim_accuracy import mean_accuracy
 
 RECIPE_FREE = {"seed", "proposers", "threads", "models", "objectives"}
 """Settings that may differ between the files of one recipe: the seed, which runs a file
@@ -88,6 +92,10 @@ def _objective(per_seed: list[dict[str, Any]], metric: str, where: str,
         "paired": {f"{REFERENCE} - {m}": spread([a[REFERENCE] - a[m] for a in areas])
                    for m in methods if m != REFERENCE and REFERENCE in methods},
     }
+    curves = [{s["strategy"]: s["levels"] for s in r["slimmable"].values()
+               if s["metric"] == metric} for r in per_seed]
+    out["val_area"] = {m: spread([mean_accuracy(c[m], "val")[1] for c in curves])
+                       for m in methods}
     levels = [{s["strategy"]: s["at_budget"] for s in r["slimmable"].values()
                if s["metric"] == metric} for r in per_seed]
     uniform = [r.get("uniform", {}).get(metric, {}) for r in per_seed]

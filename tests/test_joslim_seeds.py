@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -14,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def seeds() -> ModuleType:
+    sys.path.insert(0, str(ROOT / "bench"))  # its sibling bench_joslim_accuracy
     spec = importlib.util.spec_from_file_location("joslim_seeds", ROOT / "bench" / "joslim_seeds.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -25,6 +27,11 @@ def results(seed: int, joslim: float, slim: float, uniform: float,
             **settings: Any) -> dict[str, Any]:
     """One bench_joslim_accuracy results file with one objective and one budget."""
     cell = {"ratio": 0.5, "test_accuracy": joslim}
+
+    def levels(test: float) -> list[dict[str, float]]:  # val one point above test
+        return [{"ratio": 0.5, "test_accuracy": test, "val_accuracy": test + 0.01},
+                {"ratio": 1.0, "test_accuracy": test + 0.02, "val_accuracy": test + 0.03}]
+
     return {
         "command": f"bench --seed {seed}",
         "settings": {"seed": seed, "epochs": 2, "threads": 1, **settings},
@@ -33,8 +40,8 @@ def results(seed: int, joslim: float, slim: float, uniform: float,
                                     "area_from": 0.25}},
             "slimmable": {
                 "joslim-macs@macs": {"strategy": "joslim", "metric": "macs",
-                                     "at_budget": {"50%": cell}},
-                "slim@macs": {"strategy": "slim", "metric": "macs",
+                                     "levels": levels(joslim), "at_budget": {"50%": cell}},
+                "slim@macs": {"strategy": "slim", "metric": "macs", "levels": levels(slim),
                               "at_budget": {"50%": {"ratio": 0.5, "test_accuracy": slim}}}},
             "uniform": {"macs": {"50%": {"ratio": 0.5, "test_accuracy": uniform}}},
         }},
@@ -51,6 +58,9 @@ def test_paired_differences_are_taken_seed_by_seed(seeds: ModuleType) -> None:
     assert macs["area"]["joslim"]["std"] == pytest.approx(5.0)
     assert macs["paired"]["joslim - slim"]["per_seed"] == [2.0, -1.0, 3.0]
     assert macs["paired"]["joslim - slim"]["mean"] == pytest.approx(4 / 3, abs=0.01)
+    # from the levels' val scores (each a point above test over [50%, 100%])
+    assert macs["val_area"]["joslim"]["per_seed"] == [71.0, 61.0, 66.0]
+    assert macs["val_area"]["slim"]["per_seed"] == [69.0, 62.0, 63.0]
     at_half = macs["at_budget"]["50%"]
     assert at_half["joslim - uniform"]["per_seed"] == [-1.0, -6.0, -1.0]
     assert at_half["uniform"]["min"] == 66.0 and at_half["uniform"]["max"] == 71.0
