@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 JOSLIM_RUNS = ("resnet20", "resnet20-short", "mobilenetv2", "mobilenetv2-memory")
 """bench/results/joslim-accuracy-<name>.json files shown, in this order."""
-SEED_SUMMARIES = ("resnet20", "resnet20-short")
+SEED_SUMMARIES = ("resnet20-nodistill", "resnet20", "resnet20-short")
 """bench/results/joslim-seeds-<name>.json: summaries over seeds (bench/joslim_seeds.py)."""
 BEGIN, END = "<!-- results: begin (bench/readme_results.py) -->", "<!-- results: end -->"
 
@@ -79,19 +79,22 @@ def _mean_cell(row: dict[str, Any], signed: bool = False) -> str:
 
 
 def _seeds_tables(summary: dict[str, Any]) -> list[str]:
-    """Mean accuracy over the costs per method, joslim's paired difference to each, and
-    joslim against the uniform model per budget, all over the summary's seeds."""
+    """Mean accuracy over the costs per method (TEST, and the VAL the levels were chosen
+    on), joslim's paired difference to each, and joslim against the uniform model per
+    budget, all over the summary's seeds."""
     n = len(summary["seeds"])
-    area = ["| model | cost | method | mean accuracy over the costs | joslim - method, paired |",
-            "|---|---|---|---:|---:|"]
+    area = ["| model | cost | method | mean TEST accuracy over the costs | joslim - method, paired "
+            "| the same on VAL |", "|---|---|---|---:|---:|---:|"]
     budget = ["| model | cost | budget | joslim | uniform, trained per budget | "
               "joslim - uniform, paired |", "|---|---|---|---:|---:|---:|"]
     for model, objectives in summary["models"].items():
         for metric, result in objectives.items():
             for method, row in result["area"].items():
                 paired = result["paired"].get(f"joslim - {method}")
+                val = result.get("val_area", {}).get(method)
                 area.append(f"| {model} | {metric} | {method} | {_mean_cell(row)} | "
-                            f"{'-' if paired is None else _mean_cell(paired, signed=True)} |")
+                            f"{'-' if paired is None else _mean_cell(paired, signed=True)} | "
+                            f"{'-' if val is None else _mean_cell(val)} |")
             for b, row in result["at_budget"].items():
                 if "joslim" not in row or "uniform" not in row:
                     continue
