@@ -92,12 +92,11 @@ def _objective(per_seed: list[dict[str, Any]], metric: str, where: str,
         "paired": {f"{REFERENCE} - {m}": spread([a[REFERENCE] - a[m] for a in areas])
                    for m in methods if m != REFERENCE and REFERENCE in methods},
     }
-    curves = [{s["strategy"]: s["levels"] for s in r["slimmable"].values()
-               if s["metric"] == metric} for r in per_seed]
-    out["val_area"] = {m: spread([mean_accuracy(c[m], "val")[1] for c in curves])
+    files = [{s["strategy"]: s for s in r["slimmable"].values() if s["metric"] == metric}
+             for r in per_seed]  # per seed, each strategy's slimmable file for this cost
+    out["val_area"] = {m: spread([mean_accuracy(f[m]["levels"], "val")[1] for f in files])
                        for m in methods}
-    levels = [{s["strategy"]: s["at_budget"] for s in r["slimmable"].values()
-               if s["metric"] == metric} for r in per_seed]
+    levels = [{m: f["at_budget"] for m, f in by_strategy.items()} for by_strategy in files]
     uniform = [r.get("uniform", {}).get(metric, {}) for r in per_seed]
     budgets = dict.fromkeys([*(b for lv in levels for at in lv.values() for b in at),
                              *(b for u in uniform for b in u)])
