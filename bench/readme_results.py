@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 JOSLIM_RUNS = ("resnet20", "resnet20-short", "mobilenetv2", "mobilenetv2-memory")
 """bench/results/joslim-accuracy-<name>.json files shown, in this order."""
-SEED_SUMMARIES = ("resnet20-nodistill", "resnet20", "resnet20-short")
+SEED_SUMMARIES = ("resnet20-long", "resnet20-nodistill", "resnet20", "resnet20-short")
 """bench/results/joslim-seeds-<name>.json: summaries over seeds (bench/joslim_seeds.py)."""
 BEGIN, END = "<!-- results: begin (bench/readme_results.py) -->", "<!-- results: end -->"
 
